@@ -1,0 +1,131 @@
+"""SAM as a ``torch.optim.Optimizer`` wrapper for plain PyTorch loops (Alg. 1, Foret et al. 2021).
+
+    loss_fn(model(x)).backward()
+    opt.first_step(zero_grad=True)      # w ← w + ε,  ε = ρ g/‖g‖   (ALGORITHMS.md §2)
+    loss_fn(model(x)).backward()        # g̃ = ∇L(w + ε), same batch
+    opt.second_step(zero_grad=True)     # w ← saved w, then the base optimizer steps with g̃
+
+or ``opt.step(closure)``, which evaluates the closure twice (the closure zeroes, forwards and
+backwards, as torch's own closure contract says). The weights are restored from an exact saved
+copy, not by subtracting ε, so nothing drifts in low precision and a NaN cannot stick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from lit_bar.optim.perturbation import sam_perturbation, validate_precondition
+
+__all__ = ["SAM"]
+
+
+def validate_rho(rho: float) -> float:
+    """Return ``rho`` if it is a finite number ≥ 0, else raise ``ValueError``."""
+    if not isinstance(rho, int | float) or not rho >= 0 or rho == float("inf"):
+        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+    return float(rho)
+
+
+class SAM(Optimizer):
+    """Sharpness-aware minimisation around any base optimizer.
+
+    Args:
+        params: Parameters (or parameter groups) to optimise and perturb.
+        base_optimizer: An optimizer class or factory, called as ``base_optimizer(param_groups, **kwargs)``.
+        rho: Perturbation radius ρ ≥ 0.
+        adaptive: Adaptive SAM (ASAM, Kwon et al. 2021); its useful ρ is about 10× SAM's.
+        precondition: ``None``, or ``"adam"`` to precondition ε with the base Adam's second moment
+            (seed 002; needs an Adam/AdamW base).
+        **kwargs: Passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    ``param_groups`` is the base optimizer's own list, so LR schedulers built on this optimizer
+    drive the base optimizer, and ``state_dict``/``load_state_dict`` round-trip the base state.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: Callable[..., Optimizer],
+        rho: float = 0.05,
+        adaptive: bool = False,
+        precondition: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        validate_rho(rho)
+        validate_precondition(precondition)
+        if adaptive and precondition is not None:
+            raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        if precondition == "adam" and not _is_adam(self.base_optimizer):
+            raise ValueError(
+                f"precondition='adam' reads Adam's second moment, but the base optimizer is "
+                f"{type(self.base_optimizer).__name__}; use torch.optim.Adam or AdamW, or precondition=None"
+            )
+        self.precondition = precondition
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Save w and move to w + ε, from the gradients now in ``.grad``."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            eps = sam_perturbation(
+                params,
+                [p.grad for p in params],
+                group["rho"],
+                adaptive=group["adaptive"],
+                optimizer=self.base_optimizer,
+                precondition=self.precondition,
+            )
+            for p in params:
+                self.state[p]["w"] = p.detach().clone()
+            torch._foreach_add_(params, eps)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w exactly and let the base optimizer step with the gradients at w + ε."""
+        saved = [(p, self.state[p].pop("w")) for g in self.param_groups for p in g["params"] if "w" in self.state[p]]
+        if saved:
+            torch._foreach_copy_([p for p, _ in saved], [w for _, w in saved])
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        """One SAM step; ``closure`` must zero the gradients, compute the loss and backward it.
+
+        Returns the loss at w (the closure's first value).
+        """
+        if closure is None:
+            raise ValueError("SAM.step needs a closure (it evaluates the loss twice); or call first_step/second_step")
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict (SAM's saved copy of w exists only inside a step)."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict`, keeping ``param_groups`` shared."""
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+
+
+def _is_adam(optimizer: Optimizer) -> bool:
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
