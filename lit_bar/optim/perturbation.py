@@ -15,7 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PRECONDITIONERS", "adam_preconditioned", "global_norm", "sam_perturbation", "validate_precondition"]
+__all__ = [
+    "PRECONDITIONERS",
+    "adam_preconditioned",
+    "global_norm",
+    "sam_perturbation",
+    "validate_precondition",
+]
 
 PRECONDITIONERS = ("adam",)
 
@@ -23,15 +29,28 @@ PRECONDITIONERS = ("adam",)
 def validate_precondition(precondition: str | None) -> str | None:
     """Return ``precondition`` if it is ``None`` or a known name, else raise ``ValueError``."""
     if precondition is not None and precondition not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner {precondition!r}; allowed: None, {', '.join(PRECONDITIONERS)}")
+        allowed = ", ".join(PRECONDITIONERS)
+        raise ValueError(f"unknown preconditioner {precondition!r}; allowed: None, {allowed}")
     return precondition
 
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """‖(t₁, …, t_n)‖₂ over all tensors together, in float32, as a 0-d tensor on the first one's device."""
+    """‖(t₁, …, t_n)‖₂ over all tensors together, as a 0-d tensor on the first one's device.
+
+    Computed in float32, or in float64 when any tensor is float64 (half precision never narrows it).
+    """
     device = tensors[0].device
     norms = torch._foreach_norm(list(tensors))
-    return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]))
+    dtype = _at_least_float32(*(n.dtype for n in norms))
+    return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+
+
+def _at_least_float32(*dtypes: torch.dtype) -> torch.dtype:
+    """The promoted floating dtype of ``dtypes``, widened to float32 if narrower (fp16, bf16)."""
+    dtype = torch.float32
+    for other in dtypes:
+        dtype = torch.promote_types(dtype, other)
+    return dtype
 
 
 def adam_preconditioned(
@@ -39,8 +58,9 @@ def adam_preconditioned(
 ) -> list[torch.Tensor]:
     """P·g with P = diag(1 / (√v̂ + ε_adam)) read from an Adam/AdamW ``optimizer``'s state (§5).
 
-    v̂ is the bias-corrected second moment ``exp_avg_sq / (1 − β₂^t)``; a parameter the optimizer
-    has not stepped yet has P = I. ``params`` must belong to ``optimizer``.
+    v̂ is the bias-corrected second moment ``exp_avg_sq / (1 − β₂^t)`` (``max_exp_avg_sq`` with
+    ``amsgrad=True``, as Adam's own step uses); a parameter the optimizer has not stepped yet has
+    P = I. ``params`` must belong to ``optimizer``.
     """
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     out = list(grads)
@@ -51,14 +71,15 @@ def adam_preconditioned(
             continue
         group = group_of[id(p)]
         idx.append(i)
-        vs.append(state["exp_avg_sq"])
-        steps.append(torch.as_tensor(state["step"], dtype=torch.float32).to(p.device))
+        vs.append(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
+        steps.append(torch.as_tensor(state["step"]))
         eps.append(group["eps"])
         beta2.append(group["betas"][1])
     if not idx:
         return out
-    device = vs[0].device
-    bias_correction = 1.0 - torch.tensor(beta2, device=device) ** torch.stack([s.to(device) for s in steps])
+    device, dtype = vs[0].device, _at_least_float32(*(v.dtype for v in vs))
+    step_counts = torch.stack([s.to(device=device, dtype=dtype) for s in steps])
+    bias_correction = 1.0 - torch.tensor(beta2, device=device, dtype=dtype) ** step_counts
     denom = torch._foreach_sqrt(vs)
     torch._foreach_div_(denom, bias_correction.sqrt().unbind())
     torch._foreach_add_(denom, eps)
@@ -72,36 +93,33 @@ def adam_preconditioned(
 def sam_perturbation(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    rho: float,
-    adaptive: bool = False,
+    rho: float | Sequence[float],
+    adaptive: bool | Sequence[bool] = False,
     optimizer: torch.optim.Optimizer | None = None,
     precondition: str | None = None,
 ) -> list[torch.Tensor]:
     """Return ε for each of ``params`` from their ascent gradients ``grads`` (Alg. 1, §2, §5).
 
+    The norm runs over all of ``params`` together, also when ``rho`` or ``adaptive`` differ per
+    parameter (e.g. per parameter group): ``ε_i = ρ_i · d_i / ‖d‖`` for the direction d.
+
     Args:
         params: The perturbed parameters w.
         grads: ∇L(w) for each of them (any common scale: ε does not depend on it, so loss-scaled
             fp16 gradients may be passed as they are).
-        rho: The radius ρ ≥ 0.
-        adaptive: ASAM's ε = ρ T² g / ‖T g‖.
+        rho: The radius ρ ≥ 0, or one radius per parameter.
+        adaptive: ASAM's ε = ρ T² g / ‖T g‖, for all parameters or one flag per parameter.
         optimizer: The base optimizer, needed for ``precondition="adam"``.
         precondition: ``None`` or ``"adam"`` (ε = ρ P g / ‖P g‖, so ‖ε‖ = ρ).
     """
     validate_precondition(precondition)
-    if adaptive and precondition is not None:
+    flags = [bool(adaptive)] * len(params) if isinstance(adaptive, bool) else [bool(a) for a in adaptive]
+    if any(flags) and precondition is not None:
         raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
-    grads = [g.float() if g.dtype != torch.float32 and g.is_floating_point() else g for g in grads]
-    if adaptive:
-        scale = [p.detach().abs().to(g.dtype) if p.ndim >= 2 else None for p, g in zip(params, grads, strict=True)]
-        mats = [i for i, s in enumerate(scale) if s is not None]
-        scaled = list(grads)
-        for i, value in zip(mats, torch._foreach_mul([grads[i] for i in mats], [scale[i] for i in mats]), strict=True):
-            scaled[i] = value  # T g
-        norm = global_norm(scaled)
-        direction = list(scaled)
-        for i, value in zip(mats, torch._foreach_mul([scaled[i] for i in mats], [scale[i] for i in mats]), strict=True):
-            direction[i] = value  # T² g
+    # Widen half-precision gradients to float32; float32 and float64 stay as they are.
+    grads = [g.float() if g.is_floating_point() and g.dtype.itemsize < 4 else g for g in grads]
+    if any(flags):
+        direction, norm = _adaptive_direction(params, grads, flags)
     elif precondition == "adam":
         if optimizer is None:
             raise ValueError("precondition='adam' needs the base optimizer")
@@ -111,8 +129,30 @@ def sam_perturbation(
         direction = grads
         norm = global_norm(grads)
     ok = torch.isfinite(norm) & (norm > 0)
-    factor = torch.where(ok, rho / norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-    eps = torch._foreach_mul(direction, factor)
+    inverse = torch.where(ok, 1.0 / norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    eps = torch._foreach_mul(direction, inverse)
+    if isinstance(rho, int | float):
+        torch._foreach_mul_(eps, float(rho))
+    else:
+        torch._foreach_mul_(eps, [float(r) for r in rho])
     for e in eps:  # only non-finite gradients can leave NaN here (inf · 0); ε must be 0 then
         e.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return [e.to(p.dtype) for e, p in zip(eps, params, strict=True)]
+
+
+def _adaptive_direction(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], flags: Sequence[bool]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """ASAM's direction T² g and norm ‖T g‖, T = |w| where the flag is set and ``w.ndim >= 2``, else I."""
+    mats = [i for i, (p, flag) in enumerate(zip(params, flags, strict=True)) if flag and p.ndim >= 2]
+    scale = [params[i].detach().abs().to(grads[i].dtype) for i in mats]
+    scaled = list(grads)
+    if mats:
+        for i, value in zip(mats, torch._foreach_mul([grads[i] for i in mats], scale), strict=True):
+            scaled[i] = value  # T g
+    norm = global_norm(scaled)
+    direction = list(scaled)
+    if mats:
+        for i, value in zip(mats, torch._foreach_mul([scaled[i] for i in mats], scale), strict=True):
+            direction[i] = value  # T² g
+    return direction, norm

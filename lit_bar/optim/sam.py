@@ -60,6 +60,10 @@ class SAM(Optimizer):
         if adaptive and precondition is not None:
             raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        for group in self.param_groups:  # a group may set its own rho/adaptive
+            validate_rho(group["rho"])
+            if group["adaptive"] and precondition is not None:
+                raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         if precondition == "adam" and not _is_adam(self.base_optimizer):
             raise ValueError(
@@ -72,16 +76,19 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Save w and move to w + ε, from the gradients now in ``.grad``."""
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        """Save w and move to w + ε, from the gradients now in ``.grad``.
+
+        ‖g‖ runs over the parameters of all groups together (Alg. 1); each group scales its part
+        of ε by its own ``rho``.
+        """
+        members = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if members:
+            params = [p for p, _ in members]
             eps = sam_perturbation(
                 params,
                 [p.grad for p in params],
-                group["rho"],
-                adaptive=group["adaptive"],
+                [group["rho"] for _, group in members],
+                adaptive=[group["adaptive"] for _, group in members],
                 optimizer=self.base_optimizer,
                 precondition=self.precondition,
             )
@@ -94,10 +101,12 @@ class SAM(Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore w exactly and let the base optimizer step with the gradients at w + ε."""
-        saved = [(p, self.state[p].pop("w")) for g in self.param_groups for p in g["params"] if "w" in self.state[p]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved = [(p, self.state[p].pop("w")) for p in params if "w" in self.state[p]]
         if saved:
             torch._foreach_copy_([p for p, _ in saved], [w for _, w in saved])
         self.base_optimizer.step()
+        self._opt_called = True  # what torch's LR schedulers check, so they do not warn of a missed step()
         if zero_grad:
             self.zero_grad()
 
@@ -108,7 +117,9 @@ class SAM(Optimizer):
         Returns the loss at w (the closure's first value).
         """
         if closure is None:
-            raise ValueError("SAM.step needs a closure (it evaluates the loss twice); or call first_step/second_step")
+            raise ValueError(
+                "SAM.step needs a closure (it evaluates the loss twice); or call first_step/second_step"
+            )
         with torch.enable_grad():
             loss = closure()
         self.first_step(zero_grad=True)
