@@ -103,7 +103,10 @@ def apply_bar(
         The per-pair coefficients ``c`` that were applied (0 where skipped).
     """
     device = signs.device
-    coeff = torch.as_tensor(lrs, dtype=torch.float32, device=device) * mu * signs
+    dtype = torch.float32  # float64 factors get a float64 coefficient: η·μ not rounded to float32
+    for pair in pairs:
+        dtype = torch.promote_types(dtype, torch.promote_types(pair.x.dtype, pair.y.dtype))
+    coeff = torch.as_tensor(lrs, dtype=dtype, device=device) * mu * signs.to(dtype)
     has_grad = [p.x.grad is not None and p.y.grad is not None for p in pairs]
     if not all(has_grad):  # a Python fact about the graph, not a tensor value
         coeff = coeff * torch.tensor(has_grad, dtype=coeff.dtype, device=device)
