@@ -42,7 +42,8 @@ class FactorPair:
     def __post_init__(self) -> None:
         for label, tensor in (("x", self.x), ("y", self.y)):
             if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"FactorPair {self.name!r}: {label} must be a tensor, got {type(tensor).__name__}")
+                kind = type(tensor).__name__
+                raise TypeError(f"FactorPair {self.name!r}: {label} must be a tensor, got {kind}")
         if self.x.device != self.y.device:
             raise ValueError(
                 f"FactorPair {self.name!r}: x is on {self.x.device} but y is on {self.y.device}; "
@@ -57,9 +58,10 @@ def balancedness(pairs: Sequence[FactorPair]) -> torch.Tensor:
     """
     if not pairs:
         raise ValueError("balancedness() needs at least one FactorPair, got an empty sequence")
-    x_norms = torch.stack(torch._foreach_norm([p.x.detach() for p in pairs])).float()
-    y_norms = torch.stack(torch._foreach_norm([p.y.detach() for p in pairs])).float()
-    return 0.5 * (x_norms.square() - y_norms.square())
+    x_norms = torch.stack(torch._foreach_norm([p.x.detach() for p in pairs]))
+    y_norms = torch.stack(torch._foreach_norm([p.y.detach() for p in pairs]))
+    dtype = torch.promote_types(torch.promote_types(x_norms.dtype, y_norms.dtype), torch.float32)
+    return 0.5 * (x_norms.to(dtype).square() - y_norms.to(dtype).square())  # float64 stays float64
 
 
 def _layer_pairs(module_name: str, layer: nn.Module) -> list[FactorPair]:
@@ -86,7 +88,8 @@ def find_lora_pairs(model: nn.Module) -> list[FactorPair]:
 
     Covers LoRA on Linear, Embedding and Conv layers, several adapters, DoRA and rsLoRA (all keep
     their (A, B) pair). A peft layer that is not a plain two-factor pair (AdaLoRA's third factor
-    ``lora_E``, LoHa, LoKr, ...) raises a ``ValueError``: pass your own pairs instead.
+    ``lora_E``, LoHa, LoKr, ...) raises a ``ValueError``: pass your own pairs instead. peft's
+    trainable-token layers (``LoraConfig(trainable_token_indices=...)``) hold no pair and are skipped.
 
     Args:
         model: Any module; peft layers are found wherever they sit in it.
@@ -99,7 +102,7 @@ def find_lora_pairs(model: nn.Module) -> list[FactorPair]:
 
     pairs: list[FactorPair] = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, BaseTunerLayer):
+        if not isinstance(module, BaseTunerLayer) or _is_auxiliary(module):
             continue
         names = set(module.adapter_layer_names)
         extra = sorted(names - set(_LORA_FACTORS) - set(_LORA_FACTORS.values()) - _LORA_EXTRAS)
@@ -112,6 +115,15 @@ def find_lora_pairs(model: nn.Module) -> list[FactorPair]:
             )
         pairs.extend(_layer_pairs(module_name, module))
     return pairs
+
+
+def _is_auxiliary(module: nn.Module) -> bool:
+    """A peft layer training whole tensors beside LoRA, not a pair (``trainable_token_indices``)."""
+    try:
+        from peft.tuners.trainable_tokens import TrainableTokensLayer
+    except ImportError:  # peft too old to have it
+        return False
+    return isinstance(module, TrainableTokensLayer)
 
 
 def pairs_from_names(model: nn.Module, names: Iterable[tuple[str, str]]) -> list[FactorPair]:
