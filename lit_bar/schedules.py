@@ -36,6 +36,8 @@ class WarmupLinearDecay(LRScheduler):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps!r}")
+        if None not in (warmup_steps, total_steps) and warmup_steps > total_steps:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})")
         self.warmup_ratio = warmup_ratio
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
@@ -44,7 +46,8 @@ class WarmupLinearDecay(LRScheduler):
     def _factor(self, step: int) -> float:
         total = self.total_steps
         if total is None:  # not known yet (before SAMModule fills it in): hold the start value
-            return 0.0 if (self.warmup_steps or self.warmup_ratio) else 1.0
+            warmup = self.warmup_steps if self.warmup_steps is not None else self.warmup_ratio
+            return 0.0 if warmup else 1.0
         warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total)
         if step < warmup:
             return step / warmup
