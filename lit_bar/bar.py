@@ -66,6 +66,8 @@ def bar_signs(mode: str, pairs: Sequence[FactorPair]) -> torch.Tensor:
     left untouched by :func:`apply_bar` (its gradient mask is 0).
     """
     validate_mode(mode)
+    if not pairs:
+        raise ValueError("bar_signs() needs at least one FactorPair, got an empty sequence")
     if mode == "obar":
         left = torch._foreach_norm([p.x.detach() for p in pairs])
         right = torch._foreach_norm([p.y.detach() for p in pairs])

@@ -133,9 +133,13 @@ class SAM(Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict from :meth:`state_dict`, keeping ``param_groups`` shared."""
+        """Load a state dict from :meth:`state_dict` (or from a plain base optimizer), keeping
+        ``param_groups`` shared; groups without SAM's keys take this optimizer's ``rho``/``adaptive``."""
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
+        for group in self.param_groups:
+            group.setdefault("rho", self.defaults["rho"])
+            group.setdefault("adaptive", self.defaults["adaptive"])
 
 
 def _is_adam(optimizer: Optimizer) -> bool:

@@ -157,3 +157,8 @@ def test_unknown_schedule_raises() -> None:
 def test_decaying_schedule_without_total_steps_raises(schedule: str) -> None:
     with pytest.raises(ValueError, match="needs total_steps > 0"):
         mu_at(1.0, 0, 0, schedule)
+
+
+def test_bar_signs_of_no_pairs_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one FactorPair"):
+        bar_signs("nbar", [])

@@ -349,3 +349,19 @@ def test_step_without_closure_raises() -> None:
     opt = SAM(make_params(), torch.optim.SGD, lr=0.1)
     with pytest.raises(ValueError, match="needs a closure"):
         opt.step()
+
+
+def test_state_dict_of_a_plain_base_optimizer_loads_into_sam():
+    """A checkpoint of the bare base optimizer (no rho/adaptive keys) resumes under SAM."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    base.step()
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
+    sam.load_state_dict(base.state_dict())
+    assert all(group["rho"] == 0.2 and group["adaptive"] is False for group in sam.param_groups)
+    model(torch.randn(4, 3)).sum().backward()
+    sam.first_step(zero_grad=True)  # raised KeyError('rho') before
+    model(torch.randn(4, 3)).sum().backward()
+    sam.second_step()
