@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny import TinySAM, make_data, make_net, sgd, trainer
+from tiny_sam import TinySAM, make_data, make_net, sgd, trainer
 
 GLOBAL_BATCH = 8
 STEPS = 3

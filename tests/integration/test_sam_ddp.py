@@ -9,7 +9,7 @@ from pathlib import Path
 import ddp_script
 import pytest
 import torch
-from tiny import assert_params_close, max_diff
+from tiny_sam import assert_params_close, max_diff
 
 SCRIPT = Path(ddp_script.__file__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import (
+from tiny_sam import (
     TinyPlain,
     TinySAM,
     adam,

@@ -121,11 +121,13 @@ def trainer(**kwargs) -> Trainer:
     return Trainer(**options)
 
 
-def fit(module: LightningModule, data: DataLoader, seed: int = 123, **trainer_kwargs) -> Trainer:
+def fit(
+    module: LightningModule, data: DataLoader, seed: int = 123, ckpt_path: str | None = None, **trainer_kwargs
+) -> Trainer:
     """Fit from a fixed global RNG state (dropout masks), return the trainer."""
     run = trainer(**trainer_kwargs)
     torch.manual_seed(seed)
-    run.fit(module, data)
+    run.fit(module, data, ckpt_path=ckpt_path)
     return run
 
 
@@ -173,8 +175,12 @@ def hand_epsilon(params, grads, rho, adaptive=False, optimizer=None, preconditio
     return [rho * g / norm for g in grads]
 
 
-def _mse_grad(net, params, x, y):
-    return torch.autograd.grad(F.mse_loss(net(x), y), params)
+def _mse_grad(net, params, x, y, autocast=None):
+    """∇ MSE; ``autocast`` (a dtype) runs the forward under CPU autocast, one context per forward
+    (a context held across optimizer steps would reuse its stale cached casts of the weights)."""
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        loss = F.mse_loss(net(x), y)
+    return torch.autograd.grad(loss, params)
 
 
 def _functional_descent(net, params, eps, x, y):
@@ -192,7 +198,7 @@ def _functional_descent(net, params, eps, x, y):
 
 
 def hand_sam_gradient(
-    net, x, y, rho, adaptive=False, m=None, functional=False, optimizer=None, precondition=None
+    net, x, y, rho, adaptive=False, m=None, functional=False, optimizer=None, precondition=None, autocast=None
 ):
     """The SAM descent gradient of one optimizer-step batch (x, y): mean over chunks of m examples."""
     params = [p for p in net.parameters() if p.requires_grad]
@@ -203,9 +209,9 @@ def hand_sam_gradient(
         cx, cy = x[start : start + chunk], y[start : start + chunk]
         weight = len(cx) / size
         if rho == 0:
-            grads = _mse_grad(net, params, cx, cy)
+            grads = _mse_grad(net, params, cx, cy, autocast)
         else:
-            clean = _mse_grad(net, params, cx, cy)
+            clean = _mse_grad(net, params, cx, cy, autocast)
             eps = hand_epsilon(params, clean, rho, adaptive, optimizer, precondition)
             if functional:
                 grads = _functional_descent(net, params, eps, cx, cy)
@@ -213,7 +219,7 @@ def hand_sam_gradient(
                 with torch.no_grad():
                     for p, e in zip(params, eps, strict=True):
                         p.add_(e)
-                grads = _mse_grad(net, params, cx, cy)
+                grads = _mse_grad(net, params, cx, cy, autocast)
                 with torch.no_grad():
                     for p, e in zip(params, eps, strict=True):
                         p.sub_(e)
