@@ -59,7 +59,8 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_config_files": _default_config_files()},
+        # per subcommand: the defaults file holds `trainer:` etc., which only a subcommand's parser accepts
+        parser_kwargs={cmd: {"default_config_files": _default_config_files()} for cmd in LightningCLI.subcommands()},
         args=args,
     )
 
