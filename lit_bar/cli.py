@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 __all__ = ["LitBarCLI", "main"]
 
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _MOVED_FLAGS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
 
 
@@ -60,7 +61,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         # per subcommand: the defaults file holds `trainer:` etc., which only a subcommand's parser accepts
-        parser_kwargs={cmd: {"default_config_files": _default_config_files()} for cmd in LightningCLI.subcommands()},
+        parser_kwargs={cmd: {"default_config_files": _default_config_files()} for cmd in _SUBCOMMANDS},
         args=args,
     )
 
