@@ -20,10 +20,16 @@ restored on its own (m-sharpness), so the result is independent of devices and m
 With ``rho=0`` there is no ascent: one pass per micro-batch, i.e. plain training (the cost of
 LoRA, and of BAR on top of it).
 
-Hooks in the SAM path: ``training_step`` → [``on_before_backward`` → ``on_after_backward``] once per
-descent backward (the ascent pass uses ``torch.autograd.grad`` and fires none) →
-``on_before_optimizer_step`` (callbacks, then the module) once per optimizer step →
-``on_train_batch_end``. ``trainer.global_step`` counts optimizer steps.
+Hooks in the SAM path (pinned by tests/integration/test_sam_module_hooks.py): the ascent uses
+``torch.autograd.grad`` and fires no backward hook; each descent backward fires
+[``on_before_backward`` → ``on_after_backward``]. With ``m`` unset the k descent backwards of a window
+all run inside its *last* micro-batch's ``training_step`` (ε needs every micro-batch's gradient
+first), so the earlier micro-batches fire only ``on_train_batch_start``/``on_train_batch_end``; with
+``m`` set (or ρ = 0) each micro-batch's ``training_step`` runs its own descent backwards (one per chunk).
+The last ``training_step`` then fires ``on_before_optimizer_step`` (callbacks, then the module) once
+per optimizer step, before that micro-batch's ``on_train_batch_end``. ``trainer.global_step`` counts
+optimizer steps: during the n-th step's ``on_before_optimizer_step`` it reads n − 1, at the following
+``on_train_batch_end`` n.
 
 Lightning refuses ``Trainer(accumulate_grad_batches>1)`` and ``Trainer(gradient_clip_val>0)`` under
 manual optimization, so they are arguments of this module under the same names.
@@ -93,8 +99,12 @@ class SAMModule(LightningModule):
         self.adaptive = bool(adaptive)
         self.perturbation = _check_choice("perturbation", perturbation, PERTURBATIONS)
         self.precondition = validate_precondition(precondition)
-        self.lr_scheduler_interval = _check_choice("lr_scheduler_interval", lr_scheduler_interval, ("step", "epoch"))
-        self.gradient_clip_algorithm = _check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
+        self.lr_scheduler_interval = _check_choice(
+            "lr_scheduler_interval", lr_scheduler_interval, ("step", "epoch")
+        )
+        self.gradient_clip_algorithm = _check_choice(
+            "gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value")
+        )
         if adaptive and precondition is not None:
             raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
         if m is not None and (not isinstance(m, int) or m < 1):
@@ -124,7 +134,9 @@ class SAMModule(LightningModule):
 
     def loss_from_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
         """The loss of ``outputs`` (from :meth:`compute_outputs`) on ``batch``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement loss_from_outputs(outputs, batch)")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement loss_from_outputs(outputs, batch)"
+        )
 
     def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
         """What the optimizer factory receives: the trainable parameters (override for groups)."""
@@ -136,7 +148,8 @@ class SAMModule(LightningModule):
         if self.perturbation == "functional" and not _overrides(self, "compute_outputs", "loss_from_outputs"):
             raise ValueError(
                 f"perturbation='functional' needs the network's outputs apart from the loss: "
-                f"{type(self).__name__} must implement compute_outputs(batch) and loss_from_outputs(outputs, batch) "
+                f"{type(self).__name__} must implement compute_outputs(batch) and "
+                "loss_from_outputs(outputs, batch) "
                 "(compute_loss then defaults to their composition)"
             )
 
@@ -144,11 +157,14 @@ class SAMModule(LightningModule):
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
         if not groups:
-            raise ValueError(f"{type(self).__name__} has no trainable parameters (every requires_grad is False)")
+            raise ValueError(
+                f"{type(self).__name__} has no trainable parameters (every requires_grad is False)"
+            )
         optimizer = self.optimizer(groups)
         if self.precondition == "adam" and not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
             raise ValueError(
-                f"precondition='adam' reads Adam's second moment, but the optimizer is {type(optimizer).__name__}; "
+                "precondition='adam' reads Adam's second moment, but the optimizer is "
+                f"{type(optimizer).__name__}; "
                 "use torch.optim.Adam or AdamW, or precondition=None"
             )
         if self.lr_scheduler is None:
@@ -163,13 +179,22 @@ class SAMModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def estimated_optimizer_steps(self) -> int:
-        """Total optimizer steps of the run (``max_steps``, or batches / accumulation × epochs)."""
+        """Total optimizer steps of the run: ⌈batches per epoch / accumulation⌉ × epochs, capped by
+        ``max_steps`` (whichever ends the run first, as the Trainer does)."""
         trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018  (makes the trainer load the training data)
+        per_epoch, epochs = trainer.num_training_batches, trainer.max_epochs
+        total = float("inf")
+        if epochs not in (None, -1) and not math.isinf(per_epoch):
+            total = math.ceil(per_epoch / self.accumulate_grad_batches) * max(epochs, 1)
         if trainer.max_steps != -1:
-            return trainer.max_steps
-        epochs = max(trainer.max_epochs or 1, 1)
-        per_epoch = trainer.estimated_stepping_batches / epochs  # manual optimization: one per batch
-        return math.ceil(per_epoch / self.accumulate_grad_batches) * epochs
+            total = min(total, trainer.max_steps)
+        if math.isinf(total):
+            raise ValueError(
+                "the run has no finite length (max_steps=-1 and max_epochs=-1, or a training set without "
+                "len()), so a schedule over the whole run cannot be built: set max_steps, or pass total_steps"
+            )
+        return int(total)
 
     @override
     def on_train_start(self) -> None:
@@ -178,7 +203,9 @@ class SAMModule(LightningModule):
         for loader in getattr(self.trainer.fit_loop._combined_loader, "flattened", []):
             size = getattr(loader, "batch_size", None)
             if size is not None and size % self.m:
-                raise ValueError(f"m={self.m} does not divide the training batch size {size}; choose m dividing it")
+                raise ValueError(
+                    f"m={self.m} does not divide the training batch size {size}; choose m dividing it"
+                )
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -243,7 +270,9 @@ class SAMModule(LightningModule):
         with self._perturbed(grads):
             for i, (batch, rng, out_grad) in enumerate(window):
                 _set_rng_state(rng)
-                self._descent_backward(batch, out_grad, 1.0 / self.accumulate_grad_batches, last=i == len(window) - 1)
+                self._descent_backward(
+                    batch, out_grad, 1.0 / self.accumulate_grad_batches, last=i == len(window) - 1
+                )
 
     def _chunked_micro_step(self, batch: Any, last: bool) -> torch.Tensor:
         size = _batch_size(batch)
@@ -281,7 +310,7 @@ class SAMModule(LightningModule):
         with self._sync(last):
             if out_grad is None:
                 target = self.compute_loss(batch) * weight
-            else:  # Functional-SAM: backward through f(w+ε) seeded with the clean ∂L/∂f(w), no double backward
+            else:  # Functional-SAM: backward through f(w+ε) seeded with the clean ∂L/∂f(w)
                 outputs = self.compute_outputs(batch)
                 target = torch.sum(outputs.float() * out_grad)
             self.manual_backward(target)
@@ -343,7 +372,9 @@ class SAMModule(LightningModule):
     def _all_reduce_sum(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         flat = torch.cat([g.reshape(-1).float() for g in grads])
         flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-        return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+        return [
+            part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+        ]
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:
@@ -369,7 +400,9 @@ def _is_batched(value: Any, size: int) -> bool:
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """CPU and CUDA generator states, so both SAM passes draw the same dropout masks."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     return torch.get_rng_state(), cuda
 
 

@@ -14,4 +14,10 @@ def total_optimizer_steps(trainer: pl.Trainer, module: pl.LightningModule) -> in
     estimate = getattr(module, "estimated_optimizer_steps", None)
     if callable(estimate):
         return int(estimate())
-    return int(math.ceil(trainer.estimated_stepping_batches))
+    steps = trainer.estimated_stepping_batches
+    if math.isinf(steps):
+        raise ValueError(
+            "the run has no finite length (max_steps=-1 and max_epochs=-1, or a training set without len()), "
+            "so a schedule over the whole run cannot be built: set max_steps, or pass total_steps"
+        )
+    return math.ceil(steps)

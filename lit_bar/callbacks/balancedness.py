@@ -71,8 +71,9 @@ class BalancednessCallback(Callback):
             self.pairs = find_lora_pairs(pl_module)
             if not self.pairs:
                 raise ValueError(
-                    f"BalancednessCallback found no scale-invariant pairs in {type(pl_module).__name__}: it looked "
-                    "for peft LoRA layers (lora_A/lora_B, lora_embedding_A/B) with an active, unmerged, trainable "
+                    "BalancednessCallback found no scale-invariant pairs in "
+                    f"{type(pl_module).__name__}: it looked for peft LoRA layers (lora_A/lora_B, "
+                    "lora_embedding_A/B) with an active, unmerged, trainable "
                     "adapter. Wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
                 )
         elif all(isinstance(p, FactorPair) for p in self.pair_spec):
@@ -82,10 +83,13 @@ class BalancednessCallback(Callback):
         frozen = [p.name for p in self.pairs if not (p.x.requires_grad and p.y.requires_grad)]
         if frozen:
             raise ValueError(
-                f"BalancednessCallback needs gradients, but these pairs have a factor with requires_grad=False: "
+                "BalancednessCallback needs gradients, but these pairs have a factor with "
+                "requires_grad=False: "
                 f"{frozen[:5]}{' ...' if len(frozen) > 5 else ''}"
             )
-        rank_zero_info(f"BalancednessCallback: {self.mode} on {len(self.pairs)} pairs, mu={self.mu} ({self.schedule})")
+        rank_zero_info(
+            f"BalancednessCallback: {self.mode} on {len(self.pairs)} pairs, mu={self.mu} ({self.schedule})"
+        )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,12 +114,14 @@ class BalancednessCallback(Callback):
         lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         missing = [p.name for p in self.pairs if id(p.x) not in lr_of or id(p.y) not in lr_of]
         if missing:
-            raise ValueError(f"BalancednessCallback: pairs {missing[:5]} are not optimised by {type(optimizer).__name__}")
+            raise ValueError(
+                f"BalancednessCallback: pairs {missing[:5]} are not optimised by {type(optimizer).__name__}"
+            )
         return [float(lr_of[id(p.x)]) for p in self.pairs]
 
     @staticmethod
     def _step_is_kept(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-        """0 when the GradScaler will skip this step (any non-finite gradient), else 1; None without a scaler."""
+        """0 when the GradScaler skips this step (a non-finite gradient), else 1; None without a scaler."""
         if getattr(trainer.precision_plugin, "scaler", None) is None:
             return None
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -124,7 +130,9 @@ class BalancednessCallback(Callback):
         norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
         return torch.isfinite(norms).all().float()
 
-    def _log(self, pl_module: pl.LightningModule, signs: torch.Tensor, active: torch.Tensor, mu: float) -> None:
+    def _log(
+        self, pl_module: pl.LightningModule, signs: torch.Tensor, active: torch.Tensor, mu: float
+    ) -> None:
         values = balancedness(self.pairs).abs()
         pl_module.log("bar/abs_balancedness", values.mean())
         pl_module.log("bar/mu", mu)

@@ -210,3 +210,27 @@ def test_balancedness_callback_on_frozen_pair_raises():
     module.net[0].weight.requires_grad_(False)
     callback = BalancednessCallback(pairs=[("net.0.weight", "net.3.weight")])
     _fit_raises(module, "requires_grad=False", callbacks=[callback])
+
+
+def test_schedule_length_is_capped_by_the_epochs_when_max_steps_is_larger():
+    """max_steps=100 with one epoch of 4 optimizer steps: the run (and the schedule) lasts 4 steps."""
+    x, y = make_data(32)
+    recorder = LrRecorder()
+    schedule = partial(WarmupLinearDecay, warmup_steps=1)
+    module = TinySAM(
+        make_net(), optimizer=sgd(0.3), lr_scheduler=schedule, rho=0.1, accumulate_grad_batches=2
+    )
+    fit(module, loader(x, y, 4), callbacks=[recorder], max_steps=100)
+    assert recorder.lrs[1::2] == pytest.approx([0.3, 0.2, 0.1, 0.0])
+
+
+@pytest.mark.parametrize("sam", [False, True], ids=["automatic", "sam"])
+def test_decaying_schedule_on_an_endless_run_raises(sam):
+    x, y = make_data(8)
+    net = make_net()
+    module = TinySAM(net, optimizer=sgd(), rho=0.1) if sam else TinyPlain(net, sgd())
+    callback = BalancednessCallback(schedule="linear", pairs=[("net.0.weight", "net.3.weight")])
+    start = snapshot(module)
+    with pytest.raises(ValueError, match="no finite length"):
+        fit(module, loader(x, y, 4), callbacks=[callback], max_epochs=-1, max_steps=-1)
+    assert_params_close(snapshot(module), start, atol=0)
