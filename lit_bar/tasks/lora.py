@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["LoraSettings", "apply_lora"]
+__all__ = ["LoraSettings", "apply_lora", "load_adapter_weights"]
 
 
 @dataclass
@@ -57,5 +57,51 @@ def apply_lora(model: nn.Module, settings: LoraSettings | None) -> nn.Module:
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)})
+        names = sorted(
+            {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)}
+        )
         raise ValueError(f"{err} — module names available to target: {names[:30]}") from err
+
+
+def load_adapter_weights(model: nn.Module, path: str) -> list[str]:
+    """Copy LoRA factors (``lora_*`` tensors only, no head) from ``path`` into the peft ``model``.
+
+    For GLUE's MRPC/RTE/STS-B, which start from the MNLI LoRA weights with a fresh head.
+
+    Args:
+        model: The peft-wrapped model to load into.
+        path: A peft adapter folder (``save_pretrained``) or a Lightning ``.ckpt`` of a module that
+            keeps the peft model as its ``model`` attribute (lit_bar's task modules do).
+
+    Returns:
+        The names of the loaded tensors.
+
+    Raises:
+        ValueError: the path does not exist, holds no LoRA tensors, or some match no parameter here.
+    """
+    from pathlib import Path
+
+    import torch
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    source = Path(path).expanduser()
+    if source.is_dir():
+        weights = {k: v for k, v in load_peft_weights(str(source), device="cpu").items() if "lora_" in k}
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = list(result.unexpected_keys)
+    elif source.is_file():
+        state = torch.load(source, map_location="cpu", weights_only=True).get("state_dict", {})
+        weights = {k.removeprefix("model."): v for k, v in state.items() if "lora_" in k}
+        unexpected = list(model.load_state_dict(weights, strict=False).unexpected_keys)
+    else:
+        raise ValueError(
+            f"adapter path {str(source)!r} is neither a peft adapter folder nor a checkpoint file"
+        )
+    if not weights:
+        raise ValueError(f"{str(source)!r} holds no LoRA tensors (names containing 'lora_')")
+    if unexpected:
+        raise ValueError(
+            f"LoRA tensors of {str(source)!r} match no parameter of this model: {unexpected[:5]}"
+        )
+    return sorted(weights)

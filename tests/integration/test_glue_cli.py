@@ -1,0 +1,59 @@
+"""GLUE family through ``lit-bar fit`` then ``lit-bar test`` on a tiny random RoBERTa, all four methods."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_fixtures import METHODS, ROOT, all_texts, read_metrics, sentence_rows, tiny_roberta, write_rows
+
+from lit_bar.cli import main
+
+
+@pytest.fixture(scope="module")
+def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("glue")
+    splits = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(8, 1, "va")}
+    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+
+
+def _args(
+    model: Path, data: Path, method: str, out: Path, config: str = "roberta-large_sst2.yaml"
+) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs/glue" / config),
+        "--config", str(ROOT / "configs/method" / f"{method}.yaml"),
+        "--config", str(ROOT / "configs/debug.yaml"),
+        "--model.init_args.model_name_or_path", str(model),
+        "--data.init_args.data_dir", str(data),
+        "--data.init_args.batch_size", "4",
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                        "init_args": {"save_dir": str(out / "logs")}}),
+        "--trainer.enable_checkpointing", "true",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fit_then_test(sst2_like: tuple[Path, Path], tmp_path: Path, method: str) -> None:
+    model, data = sst2_like
+    main(["fit", *_args(model, data, method, tmp_path)])
+    fitted = read_metrics(tmp_path / "logs")
+    assert torch.isfinite(torch.tensor(fitted["train/loss"]))
+    assert 0.0 <= fitted["val/accuracy"] <= 1.0
+    if method in ("nbar", "obar"):
+        assert fitted["bar/pairs_plus"] + fitted["bar/pairs_minus"] == 4  # query+value × 2 layers
+    (ckpt,) = (tmp_path / "logs").rglob("*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert any("lora_B" in k for k in state) and any("classifier" in k for k in state)
+
+    main(["test", *_args(model, data, method, tmp_path / "test"), "--ckpt_path", str(ckpt)])
+    tested = read_metrics(tmp_path / "test" / "logs")
+    # validation is GLUE's reported split: the checkpoint's test numbers are its last validation's
+    assert tested["test/loss"] == pytest.approx(fitted["val/loss"], rel=1e-5)
+    assert tested["test/accuracy"] == pytest.approx(fitted["val/accuracy"])
