@@ -50,3 +50,22 @@ def save_tiny_model(model_cls: type, config: PretrainedConfig, tokenizer: PreTra
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_opt(folder: Path, texts: Iterable[str]) -> Path:
+    """A random 2-layer, 32-wide OPT causal LM (``q_proj``/``v_proj`` as OPT-1.3B); BOS-adding tokenizer."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(
+        hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32,
+        max_position_embeddings=512, do_layer_norm_before=True,
+    )  # fmt: skip
+    return save_tiny_model(OPTForCausalLM, config, build_tokenizer(texts, add_bos_eos=True), folder)
+
+
+def save_tiny_gpt2(folder: Path, texts: Iterable[str]) -> Path:
+    """A random 2-layer, 32-wide GPT-2 LM (fused ``c_attn``), tokenizer without special tokens added."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, n_inner=64)
+    return save_tiny_model(GPT2LMHeadModel, config, build_tokenizer(texts, add_bos_eos=False), folder)
