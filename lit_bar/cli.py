@@ -2,7 +2,7 @@
 
 Compose a task file with a method file::
 
-    lit-bar fit --config configs/<family>/<model>_<task>.yaml --config configs/method/<lora|sam|nbar|obar>.yaml
+    lit-bar fit --config configs/<family>/<model>_<task>.yaml --config configs/method/<method>.yaml
 
 Shared trainer defaults come from ``configs/defaults.yaml`` (loaded first when present). What the
 data decides reaches the model through ``link_arguments``: the model's ``model_name_or_path`` is the
@@ -13,6 +13,8 @@ problems, a user's own modules).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -21,7 +23,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 __all__ = ["LitBarCLI", "main"]
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
-_MOVED_FLAGS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
 
 
 def _default_config_files() -> list[str]:
@@ -30,30 +31,32 @@ def _default_config_files() -> list[str]:
 
 
 class LitBarCLI(LightningCLI):
-    """LightningCLI with lit_bar's data → model links and SAM-specific checks."""
+    """LightningCLI with lit_bar's data → model links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("data.task_info", "model.init_args.task_info", apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        """Point Trainer flags that manual optimization refuses to the module's arguments of the same name."""
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        model_args = config.get("model", {}).get("init_args", {}) or {}
-        trainer = config.get("trainer", {})
-        if "rho" not in model_args:  # not a SAMModule: Lightning's own flags apply
-            return
-        for flag in _MOVED_FLAGS:
-            value = trainer.get(flag)
-            if value not in (None, 1, "norm", 0, 0.0):
-                raise ValueError(
-                    f"--trainer.{flag}={value!r}: lit_bar's SAMModule optimizes manually, which Lightning refuses "
-                    f"{flag} for; set it on the module instead: --model.init_args.{flag}={value!r}"
-                )
-
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lit-bar`` console script."""
+    """Entry point of the ``lit-bar`` console script.
+
+    A ``ValueError`` (lit_bar's way of rejecting a config value) ends the run with its message and
+    exit status 2 instead of a traceback; ``LIT_BAR_TRACEBACK=1`` shows the traceback. Called with
+    ``args`` (from Python or tests), errors propagate unchanged.
+    """
+    if args is not None or os.environ.get("LIT_BAR_TRACEBACK"):
+        _run(args)
+        return
+    try:
+        _run(args)
+    except ValueError as err:
+        print(f"lit-bar: error: {err}", file=sys.stderr)
+        print("(set LIT_BAR_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: list[str] | None) -> None:
     LitBarCLI(
         LightningModule,
         LightningDataModule,

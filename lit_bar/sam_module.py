@@ -154,6 +154,30 @@ class SAMModule(LightningModule):
             )
 
     @override
+    def configure_callbacks(self) -> Any:
+        """Refuse the Trainer flags this module took over, naming their new place.
+
+        Lightning calls this before its own check of manual optimization, whose message would not
+        say where the flags went. Subclasses that add callbacks call ``super().configure_callbacks()``.
+        """
+        trainer = self.trainer
+        moved = {
+            "accumulate_grad_batches": trainer.accumulate_grad_batches
+            if trainer.accumulate_grad_batches != 1
+            else None,
+            "gradient_clip_val": trainer.gradient_clip_val or None,
+        }
+        for flag, value in moved.items():
+            if value is not None:
+                raise ValueError(
+                    f"Trainer({flag}={value!r}): {type(self).__name__} optimizes manually (SAM), and "
+                    f"Lightning refuses that flag then; pass it to the module instead: "
+                    f"{type(self).__name__}({flag}={value!r}) "
+                    f"(--model.init_args.{flag}={value!r} on the command line)"
+                )
+        return []
+
+    @override
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
         if not groups:
@@ -170,9 +194,8 @@ class SAMModule(LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
-        if getattr(scheduler, "total_steps", 0) is None:
-            scheduler.total_steps = self.estimated_optimizer_steps()
-            scheduler.step(0)  # recompute the start value now that the length is known
+        if getattr(scheduler, "total_steps", 0) is None and hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(self.estimated_optimizer_steps())
         config = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
@@ -200,7 +223,8 @@ class SAMModule(LightningModule):
     def on_train_start(self) -> None:
         if self.m is None or self.rho == 0:
             return
-        for loader in getattr(self.trainer.fit_loop._combined_loader, "flattened", []):
+        loaders = tree_flatten(self.trainer.train_dataloader)[0]
+        for loader in loaders:
             size = getattr(loader, "batch_size", None)
             if size is not None and size % self.m:
                 raise ValueError(

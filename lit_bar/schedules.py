@@ -53,6 +53,19 @@ class WarmupLinearDecay(LRScheduler):
             return step / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix the run length (``SAMModule`` calls this) and apply the current step's LR at once."""
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps!r}")
+        if self.warmup_steps is not None and self.warmup_steps > total_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must not exceed total_steps ({total_steps})"
+            )
+        self.total_steps = total_steps
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
     def get_lr(self) -> list[float]:
         factor = self._factor(self.last_epoch)
         return [base * factor for base in self.base_lrs]

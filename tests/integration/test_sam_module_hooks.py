@@ -234,3 +234,18 @@ def test_decaying_schedule_on_an_endless_run_raises(sam):
     with pytest.raises(ValueError, match="no finite length"):
         fit(module, loader(x, y, 4), callbacks=[callback], max_epochs=-1, max_steps=-1)
     assert_params_close(snapshot(module), start, atol=0)
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs, flag",
+    [
+        ({"accumulate_grad_batches": 2}, "accumulate_grad_batches"),
+        ({"gradient_clip_val": 1.0}, "gradient_clip_val"),
+    ],
+)
+def test_trainer_flags_refused_under_manual_optimization_name_their_new_place(trainer_kwargs, flag):
+    _fit_raises(
+        TinySAM(make_net(), optimizer=sgd()),
+        rf"pass it to the module instead: TinySAM\({flag}=",
+        **trainer_kwargs,
+    )
