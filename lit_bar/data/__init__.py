@@ -2,5 +2,6 @@
 
 from lit_bar.data.base import TextDataModule
 from lit_bar.data.glue import GlueDataModule
+from lit_bar.data.prompt import PromptFewShotDataModule
 
-__all__ = ["GlueDataModule", "TextDataModule"]
+__all__ = ["GlueDataModule", "PromptFewShotDataModule", "TextDataModule"]
