@@ -61,7 +61,7 @@ class BalancednessCallback(Callback):
         self.log_per_pair = log_per_pair
         self.pairs: list[FactorPair] = []
         self.branch_counts = torch.zeros(2)  # cumulative pair-steps with s = +1, s = −1
-        self._lrs: torch.Tensor | None = None
+        self._group_index: tuple[torch.optim.Optimizer, list[int]] | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -107,17 +107,22 @@ class BalancednessCallback(Callback):
         coeff = apply_bar(self.pairs, signs, self._pair_lrs(optimizer), mu, keep)
         active = (coeff != 0).float()
         self.branch_counts += torch.stack([(active * (signs > 0)).sum(), (active * (signs < 0)).sum()])
-        self._log(pl_module, signs, active, mu)
+        if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # logging costs more than BAR itself
+            self._log(pl_module, signs, active, mu)
 
     def _pair_lrs(self, optimizer: torch.optim.Optimizer) -> list[float]:
         """η_t of each pair's parameter group (read each step: schedulers change it)."""
-        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-        missing = [p.name for p in self.pairs if id(p.x) not in lr_of or id(p.y) not in lr_of]
-        if missing:
-            raise ValueError(
-                f"BalancednessCallback: pairs {missing[:5]} are not optimised by {type(optimizer).__name__}"
-            )
-        return [float(lr_of[id(p.x)]) for p in self.pairs]
+        if self._group_index is None or self._group_index[0] is not optimizer:
+            group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+            missing = [p.name for p in self.pairs if id(p.x) not in group_of or id(p.y) not in group_of]
+            if missing:
+                raise ValueError(
+                    f"BalancednessCallback: pairs {missing[:5]} are not optimised by "
+                    f"{type(optimizer).__name__}"
+                )
+            self._group_index = (optimizer, [group_of[id(p.x)] for p in self.pairs])
+        groups = optimizer.param_groups
+        return [float(groups[i]["lr"]) for i in self._group_index[1]]
 
     @staticmethod
     def _step_is_kept(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:

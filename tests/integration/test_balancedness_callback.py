@@ -96,7 +96,13 @@ def test_nbar_once_per_step_with_automatic_optimization_and_accumulation():
     x, y = make_data(16)
     net, ref = make_lora_net(), make_lora_net()
     callback, hand = CountingBalancedness(mu=MU), HandNBar()
-    run = fit(TinyPlain(net, sgd(LR)), loader(x, y, 4), callbacks=[callback], accumulate_grad_batches=2)
+    run = fit(
+        TinyPlain(net, sgd(LR)),
+        loader(x, y, 4),
+        callbacks=[callback],
+        accumulate_grad_batches=2,
+        log_every_n_steps=1,
+    )
     hand_sam(ref, sgd(LR), batches(x, y, 8), 0.0, before_step=hand)
     assert callback.calls == hand.calls == run.global_step == 2
     assert_params_close(_trainable(net), _trainable(ref), atol=1e-6)
@@ -110,7 +116,7 @@ def test_nbar_once_per_step_with_sam_module_and_its_accumulation():
     net, ref = make_lora_net(), make_lora_net()
     callback, hand = CountingBalancedness(mu=MU), HandNBar()
     module = TinySAM(net, optimizer=sgd(LR), rho=0.1, accumulate_grad_batches=2)
-    run = fit(module, loader(x, y, 4), callbacks=[callback])
+    run = fit(module, loader(x, y, 4), callbacks=[callback], log_every_n_steps=1)
     hand_sam(ref, sgd(LR), batches(x, y, 8), 0.1, before_step=hand)
     no_bar = make_lora_net()
     hand_sam(no_bar, sgd(LR), batches(x, y, 8), 0.1)
@@ -190,3 +196,15 @@ def test_resume_from_checkpoint_equals_straight_run(tmp_path):
     resumed, run = _resumable_run(tmp_path / "resumed", ckpt_path=str(checkpoint))
     assert run.global_step == 6
     assert_params_close(_trainable(resumed), _trainable(straight), atol=1e-6)
+
+
+@pytest.mark.parametrize("every, logged", [(2, True), (3, False)])
+def test_balancedness_is_logged_only_on_logging_steps(every, logged):
+    """BAR runs every step, but its metrics are logged only every ``log_every_n_steps`` (2 steps here)."""
+    x, y = make_data(16)
+    callback = CountingBalancedness(mu=MU)
+    run = fit(
+        TinyPlain(make_lora_net(), sgd(LR)), loader(x, y, 8), callbacks=[callback], log_every_n_steps=every
+    )
+    assert callback.calls == run.global_step == 2
+    assert ("bar/abs_balancedness" in run.callback_metrics) is logged
