@@ -20,7 +20,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-__all__ = ["LitBarCLI", "main"]
+__all__ = ["LitBarCLI", "cli_kwargs", "main"]
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -56,17 +56,23 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-def _run(args: list[str] | None) -> None:
-    LitBarCLI(
-        LightningModule,
-        LightningDataModule,
+def cli_kwargs(run: bool = True) -> dict:
+    """The keyword arguments ``lit-bar`` gives ``LitBarCLI`` (``run=False``: no subcommand, as in tests)."""
+    defaults = {"default_config_files": _default_config_files()}
+    return dict(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         # per subcommand: the defaults file holds `trainer:` etc., which only a subcommand's parser accepts
-        parser_kwargs={cmd: {"default_config_files": _default_config_files()} for cmd in _SUBCOMMANDS},
-        args=args,
+        parser_kwargs={cmd: defaults for cmd in _SUBCOMMANDS} if run else defaults,
+        run=run,
     )
+
+
+def _run(args: list[str] | None) -> None:
+    LitBarCLI(**cli_kwargs(), args=args)
 
 
 if __name__ == "__main__":
