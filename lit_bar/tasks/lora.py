@@ -82,22 +82,21 @@ def load_adapter_weights(model: nn.Module, path: str) -> list[str]:
     from pathlib import Path
 
     import torch
-    from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
     source = Path(path).expanduser()
-    if source.is_dir():
-        weights = {k: v for k, v in load_peft_weights(str(source), device="cpu").items() if "lora_" in k}
-        result = set_peft_model_state_dict(model, weights)
-        unexpected = list(result.unexpected_keys)
+    if source.is_dir():  # peft drops the adapter name from saved keys: put the active one back
+        adapter = getattr(model, "active_adapter", "default")
+        weights = {
+            _with_adapter(k, adapter): v for k, v in load_peft_weights(str(source), device="cpu").items()
+        }
     elif source.is_file():
         state = torch.load(source, map_location="cpu", weights_only=True).get("state_dict", {})
-        weights = {k.removeprefix("model."): v for k, v in state.items() if "lora_" in k}
-        unexpected = list(model.load_state_dict(weights, strict=False).unexpected_keys)
+        weights = {k.removeprefix("model."): v for k, v in state.items()}
     else:
-        raise ValueError(
-            f"adapter path {str(source)!r} is neither a peft adapter folder nor a checkpoint file"
-        )
+        raise ValueError(f"adapter path {str(source)!r} is neither a peft adapter folder nor a .ckpt file")
+    weights = {k: v for k, v in weights.items() if "lora_" in k}
+    unexpected = list(model.load_state_dict(weights, strict=False).unexpected_keys) if weights else []
     if not weights:
         raise ValueError(f"{str(source)!r} holds no LoRA tensors (names containing 'lora_')")
     if unexpected:
@@ -105,3 +104,10 @@ def load_adapter_weights(model: nn.Module, path: str) -> list[str]:
             f"LoRA tensors of {str(source)!r} match no parameter of this model: {unexpected[:5]}"
         )
     return sorted(weights)
+
+
+def _with_adapter(key: str, adapter: str) -> str:
+    """``...query.lora_A.weight`` → ``...query.lora_A.<adapter>.weight`` (the module's parameter name)."""
+    parts = key.split(".")
+    at = next((i for i, part in enumerate(parts) if part.startswith("lora_")), None)
+    return key if at is None else ".".join([*parts[: at + 1], adapter, *parts[at + 1 :]])
