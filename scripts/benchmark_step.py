@@ -8,8 +8,11 @@ batches (16 × 64 by default). The model is the real all-MiniLM-L6-v2 when ``gt-
 installed, else a tiny random BERT. The methods run in rounds, in a rotated order each round, so
 machine load drifts into all of them alike; a step is timed from ``on_train_batch_start`` to
 ``on_train_batch_end`` (forward/backward passes, BAR's update, the optimizer step), the first
-``--warmup`` steps of each run are dropped. Printed: the median step time per method, and the ratio
-to LoRA and to SAM both as a ratio of the pooled medians and as the median of per-round ratios.
+``--warmup`` steps of each run are dropped. Both the wall clock and the process CPU time
+(``time.process_time``) are recorded: on a machine shared with other jobs the wall clock mostly
+measures the load, and CPU time (best with ``--threads 1``, so that no thread spins waiting) is
+the steadier measure of the method's cost. Printed for each: the median step time per method and
+the ratio to LoRA and to SAM, as a ratio of the pooled medians and as the median of per-round ratios.
 """
 
 from __future__ import annotations
@@ -80,19 +83,21 @@ class Classifier(SAMModule):
 
 
 class StepTimer(Callback):
-    """Wall time of each training batch (one optimizer step here)."""
+    """Wall time and process CPU time of each training batch (one optimizer step here)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._start = (0.0, 0.0)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self.wall.append(time.perf_counter() - self._start[0])
+        self.cpu.append(time.process_time() - self._start[1])
 
 
 def make_loader(vocab: int, batch: int, length: int, steps: int) -> DataLoader:
@@ -106,8 +111,8 @@ def make_loader(vocab: int, batch: int, length: int, steps: int) -> DataLoader:
 
 def time_method(
     backbone: torch.nn.Module, name: str, loader: DataLoader, steps: int, warmup: int
-) -> list[float]:
-    """Train ``steps`` steps of method ``name`` and return the step times after ``warmup``."""
+) -> dict[str, list[float]]:
+    """Train ``steps`` steps of method ``name``; step times (``wall``, ``cpu``) after ``warmup``."""
     kwargs, with_bar = METHODS[name]
     module = Classifier(backbone, optimizer=partial(torch.optim.AdamW, lr=1e-4), **kwargs)
     timer = StepTimer()
@@ -125,11 +130,11 @@ def time_method(
         callbacks=callbacks,
     )
     trainer.fit(module, loader)
-    return timer.times[warmup:]
+    return {"wall": timer.wall[warmup:], "cpu": timer.cpu[warmup:]}
 
 
-def summarise(times: dict[str, list[list[float]]]) -> str:
-    """Table of medians and ratios (pooled medians, and median of per-round ratios)."""
+def summarise(times: dict[str, list[list[float]]], clock: str) -> str:
+    """Table of medians and ratios (pooled medians, and median of per-round ratios) for one clock."""
     pooled = {m: statistics.median([t for run in runs for t in run]) for m, runs in times.items()}
 
     def per_round(method: str, ref: str) -> float:
@@ -140,7 +145,7 @@ def summarise(times: dict[str, list[list[float]]]) -> str:
         return statistics.median(ratios)
 
     lines = [
-        f"{'method':<11} {'median s/step':>13} {'×LoRA':>7} {'×SAM':>7} {'×LoRA/rnd':>10} {'×SAM/rnd':>9}"
+        f"{clock + ' s/step':<11} {'median':>13} {'×LoRA':>7} {'×SAM':>7} {'×LoRA/rnd':>10} {'×SAM/rnd':>9}"
     ]
     for m in times:
         lines.append(
@@ -168,7 +173,7 @@ def main() -> None:
     vocab = backbone.config.vocab_size
     loader = make_loader(vocab, args.batch, args.length, args.steps)
     names = list(METHODS)
-    times: dict[str, list[list[float]]] = {m: [] for m in names}
+    times: dict[str, dict[str, list[list[float]]]] = {c: {m: [] for m in names} for c in ("wall", "cpu")}
     print(
         f"model: {description}; batch {args.batch} × {args.length} tokens; "
         f"torch threads {torch.get_num_threads()}"
@@ -176,12 +181,13 @@ def main() -> None:
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for m in order:
-            times[m].append(time_method(backbone, m, loader, args.steps, args.warmup))
-        print(
-            f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{m} {statistics.median(times[m][-1]):.3f}s" for m in names)
-        )
-    print(summarise(times))
+            for clock, values in time_method(backbone, m, loader, args.steps, args.warmup).items():
+                times[clock][m].append(values)
+        for clock in ("wall", "cpu"):
+            medians = ", ".join(f"{m} {statistics.median(times[clock][m][-1]):.3f}s" for m in names)
+            print(f"round {r + 1}/{args.rounds} {clock}: {medians}", flush=True)
+    for clock in ("wall", "cpu"):
+        print(summarise(times[clock], clock))
 
 
 if __name__ == "__main__":
