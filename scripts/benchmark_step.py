@@ -64,7 +64,8 @@ def build_backbone() -> tuple[torch.nn.Module, str]:
     settings = LoraSettings(
         r=8, alpha=16.0, target_modules=["query", "value"], modules_to_save=["classifier"]
     )
-    return apply_lora(model, settings), name
+    # from_pretrained returns eval mode, which Lightning keeps; train mode runs dropout like the task modules
+    return apply_lora(model, settings).train(), name
 
 
 class Classifier(SAMModule):

@@ -32,7 +32,7 @@ import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ def run_lora(rank: int, method: str, seed: int, sweep: Sweep, data_dir: Path) ->
     lora = LoraSettings(
         r=rank, alpha=2.0 * rank, target_modules=["query", "value"], modules_to_save=["classifier"]
     )
-    net = apply_lora(model, lora)
+    net = apply_lora(model, lora).eval()  # from_pretrained's mode, kept by Lightning: no dropout, as measured
     optimizer = partial(torch.optim.AdamW, lr=sweep.lr, weight_decay=0.0)
     start = time.perf_counter()
     module = train(
@@ -301,6 +301,7 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
     )
     parser.add_argument("--parts", nargs="+", default=["mlp", "lora"], choices=["mlp", "lora"])
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the sweeps' seeds")
     parser.add_argument(
         "--from-csv", type=Path, nargs="+", help="only merge these results.csv files and plot"
     )
@@ -321,6 +322,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for part in parts:
         sweep = sweeps[part]
+        if args.seeds:
+            sweep = replace(sweep, seeds=list(args.seeds))
         for seed in sweep.seeds:
             for size in sweep.sizes:
                 for method in METHODS:
