@@ -16,7 +16,7 @@ hf_tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hf_tiny)
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("lora", "sam", "nbar", "obar")
+METHODS = ["lora", "sam", "nbar", "obar", "fsam", "psam"]
 TEMPLATE_WORDS = ["It", "was", ".", "?", ",", ":", "great", "terrible", "Yes", "No", "Maybe", "very", "good"]
 _NOUNS = ["film", "plot", "cast", "story", "music", "ending"]
 

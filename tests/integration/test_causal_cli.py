@@ -113,7 +113,7 @@ def _assert_lora_trained(state: dict) -> None:
     assert not any("lora" in k and ("k_proj" in k or "out_proj" in k) for k in state["state_dict"])
 
 
-@pytest.mark.parametrize("method", ["lora", "sam", "nbar", "obar"])
+@pytest.mark.parametrize("method", ["lora", "sam", "nbar", "obar", "fsam", "psam"])
 def test_cb_candidates_fit_then_test(method, tiny_opt, tmp_path):
     metrics, state = fit_then_test("cb", method, tiny_opt, tmp_path)
     assert 0.0 <= metrics["val/accuracy"] <= 1.0 and 0.0 <= metrics["test/accuracy"] <= 1.0

@@ -61,7 +61,7 @@ def _metrics(root: Path) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("method", ["lora", "sam", "nbar", "obar"])
+@pytest.mark.parametrize("method", ["lora", "sam", "nbar", "obar", "fsam", "psam"])
 def test_webnlg_fit_then_test(method, webnlg, tmp_path):
     model, data = webnlg
     args = [
