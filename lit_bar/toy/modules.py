@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lit_bar.pairs import FactorPair, balancedness
 from lit_bar.sam_module import SAMModule
-from lit_bar.toy.problems import imbalanced_factors, nop_loss, op_loss, rank_one_target
+from lit_bar.toy.problems import fit_loss, imbalanced_factors, rank_one_target
 
 __all__ = ["NOPModule", "OPModule"]
 
@@ -78,9 +78,13 @@ class NOPModule(SAMModule):
         return [FactorPair("x|y", self.x, self.y)]
 
     @override
-    def compute_loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def compute_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         _check_noise(batch, tuple(self.target.shape), "NOPModule")
-        return nop_loss(self.x, self.y, self.target, batch, self.alpha)  # Eq. 11
+        return torch.outer(self.x, self.y)  # f = x yᵀ
+
+    @override
+    def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        return fit_loss(outputs, self.target, batch, self.alpha)  # Eq. 11
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -127,9 +131,13 @@ class OPModule(SAMModule):
         return [FactorPair("x|y", self.x, self.y)]
 
     @override
-    def compute_loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def compute_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         _check_noise(batch, (), "OPModule")
-        return op_loss(self.x, self.y, self.target, batch, self.alpha)  # Eq. 12
+        return torch.dot(self.x, self.y)  # f = xᵀ y
+
+    @override
+    def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        return fit_loss(outputs, self.target, batch, self.alpha)  # Eq. 12
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

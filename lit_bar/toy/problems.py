@@ -56,8 +56,7 @@ def nop_loss(
         noise: N, shape ``(batch, d₁, d₂)`` with unit Gaussian entries.
         alpha: Noise scale α (larger = lower SNR).
     """
-    residual = torch.outer(x, y) - (target + alpha * noise)
-    return 0.5 * residual.square().sum(dim=(-2, -1)).mean()
+    return fit_loss(torch.outer(x, y), target, noise, alpha)
 
 
 def op_loss(
@@ -72,5 +71,15 @@ def op_loss(
         noise: n, shape ``(batch,)`` with unit Gaussian entries.
         alpha: Noise scale α (larger = lower SNR).
     """
-    residual = torch.dot(x, y) - (target + alpha * noise)
-    return 0.5 * residual.square().mean()
+    return fit_loss(torch.dot(x, y), target, noise, alpha)
+
+
+def fit_loss(
+    product: torch.Tensor, target: torch.Tensor | float, noise: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """mean_i ½‖f − (target + α noiseᵢ)‖² for the model output f = x yᵀ (NOP) or xᵀ y (OP).
+
+    The loss depends on (x, y) only through f, which is what Functional-SAM differentiates through.
+    """
+    residual = product - (target + alpha * noise)
+    return 0.5 * residual.reshape(residual.shape[0], -1).square().sum(dim=1).mean()

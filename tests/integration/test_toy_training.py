@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +74,20 @@ def test_sam_drives_op_balancedness_to_zero():
 def test_nbar_drives_nop_balancedness_down():
     """nBAR (Alg. 2) mimics SAM on NOP (Fig. 2b; simulation, η=1e-2, μ=1, α=1, 300 steps: 0.02)."""
     assert _ratio("nop", alpha=1.0, lr=1e-2, steps=300, bar="nbar") < 0.1
+
+
+@pytest.mark.parametrize("config", ["nop", "op"])
+def test_toy_configs_run_functional_sam_through_the_cli(config, tmp_path):
+    """The toy modules expose f = x yᵀ / xᵀ y apart from the loss, so Functional-SAM composes with them."""
+    from lit_bar.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    main(
+        [
+            "fit",
+            "--config", str(root / "configs" / "toy" / f"{config}.yaml"),
+            "--config", str(root / "configs" / "method" / "fsam.yaml"),
+            "--config", str(root / "configs" / "debug.yaml"),
+            "--trainer.default_root_dir", str(tmp_path),
+        ]
+    )  # fmt: skip
