@@ -26,10 +26,12 @@ from typing_extensions import override
 
 from lit_bar.hub import load_splits, resolve_pretrained
 
-__all__ = ["PAD_VALUES", "TextDataModule"]
+IGNORE_INDEX = -100  # label of a position without loss (torch's cross-entropy default)
+
+__all__ = ["IGNORE_INDEX", "PAD_VALUES", "TextDataModule", "pad_sequences"]
 
 #: Padding value per key when the collator pads lists of ids; other list keys pad with 0.
-PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100}
+PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}
 
 
 class TextDataModule(LightningDataModule):
@@ -155,10 +157,22 @@ class TextDataModule(LightningDataModule):
             values = [e[key] for e in encoded]
             if isinstance(values[0], list | tuple):
                 pad = self.tokenizer.pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0)
-                batch[key] = _pad(values, pad, left=self.tokenizer.padding_side == "left")
+                batch[key] = pad_sequences(values, pad, left=self.tokenizer.padding_side == "left")
             else:
                 batch[key] = torch.tensor(values)
         return batch
+
+    def collate_train(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Training batches; the same as :meth:`collate` unless a family trains on other inputs."""
+        return self.collate(rows)
+
+    def lm_batch(self, sequences: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``/``attention_mask`` and ``labels`` padded with -100 (no loss)."""
+        return {
+            "input_ids": pad_sequences(sequences, self.tokenizer.pad_token_id),
+            "attention_mask": pad_sequences([[1] * len(s) for s in sequences], 0),
+            "labels": pad_sequences(labels, IGNORE_INDEX),
+        }
 
     def _loader(self, role: str, shuffle: bool) -> DataLoader | list[DataLoader]:
         if not self.datasets:
@@ -171,7 +185,7 @@ class TextDataModule(LightningDataModule):
                 batch_size=self.batch_size if shuffle else self.eval_batch_size,
                 shuffle=shuffle,
                 generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                collate_fn=self.collate,
+                collate_fn=self.collate_train if role == "train" else self.collate,
                 num_workers=self.num_workers,
             )
             for part in _as_list(self.datasets[role])
@@ -195,7 +209,7 @@ def _as_list(data: Any) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
-def _pad(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
     """Stack ``sequences`` into a ``(n, longest)`` tensor padded with ``value`` (on the left if asked)."""
     longest = max(len(s) for s in sequences)
     out = torch.full((len(sequences), longest), value, dtype=torch.long)

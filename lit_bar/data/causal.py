@@ -24,16 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lit_bar.data.base import TextDataModule, _pad
+from lit_bar.data.base import IGNORE_INDEX, TextDataModule, pad_sequences
 from lit_bar.data.sampling import sample_roles
 from lit_bar.data.templates import Template
 
 __all__ = ["CandidateDataModule"]
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -166,25 +163,13 @@ class CandidateDataModule(TextDataModule):
             return self._generation_batch(examples)
         return self._scoring_batch(examples)
 
+    @override
     def collate_train(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Training batches: every candidate (``objective="candidates"``) or the gold one (``"lm"``)."""
         examples = [self.example(row) for row in rows]
         if self.objective == "candidates":
             return self._scoring_batch(examples)
         return self._lm_batch(examples)
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        return DataLoader(
-            self.datasets["train"],
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=self.collate_train,
-            num_workers=self.num_workers,
-        )
 
     # ----------------------------------------------------------------- rows → examples
     def example(self, row: dict[str, Any]) -> _Example:
@@ -244,7 +229,7 @@ class CandidateDataModule(TextDataModule):
                 example_index.append(b)
                 candidate_index.append(c)
                 gold.append(ex.gold[c])
-        batch = self._padded(sequences, labels)
+        batch = self.lm_batch(sequences, labels)
         batch["example_index"] = torch.tensor(example_index)
         batch["candidate_index"] = torch.tensor(candidate_index)
         batch["gold"] = torch.tensor(gold, dtype=torch.bool)
@@ -259,22 +244,15 @@ class CandidateDataModule(TextDataModule):
             if not any(ex.gold):
                 raise ValueError(f"no gold candidate for the prompt {ex.prompt[:80]!r}: cannot train on it")
             pairs.append(self.encode_pair(ex.prompt, ex.continuations[ex.gold.index(True)]))
-        return self._padded([p[0] for p in pairs], [p[1] for p in pairs])
+        return self.lm_batch([p[0] for p in pairs], [p[1] for p in pairs])
 
     def _generation_batch(self, examples: list[_Example]) -> dict[str, Any]:
         batch = self._lm_batch(examples)
         prompts = [self._prompt_ids(ex.prompt.rstrip(" "), self.max_length) for ex in examples]
-        batch["prompt_ids"] = _pad(prompts, self.tokenizer.pad_token_id, left=True)
-        batch["prompt_mask"] = _pad([[1] * len(p) for p in prompts], 0, left=True)
+        batch["prompt_ids"] = pad_sequences(prompts, self.tokenizer.pad_token_id, left=True)
+        batch["prompt_mask"] = pad_sequences([[1] * len(p) for p in prompts], 0, left=True)
         batch["references"] = [ex.references for ex in examples]
         return batch
-
-    def _padded(self, sequences: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": _pad(sequences, self.tokenizer.pad_token_id),
-            "attention_mask": _pad([[1] * len(s) for s in sequences], 0),
-            "labels": _pad(labels, IGNORE_INDEX),
-        }
 
 
 def _answers(value: Any) -> list[str]:

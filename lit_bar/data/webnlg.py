@@ -21,14 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lit_bar.data.base import TextDataModule, _pad
+from lit_bar.data.base import IGNORE_INDEX, TextDataModule, pad_sequences
 
 __all__ = ["WebNLGDataModule", "group_references", "linearise_triples"]
 
-IGNORE_INDEX = -100
 COLUMNS = ["category", "eid", "triples", "text"]
 
 
@@ -105,38 +103,19 @@ class WebNLGDataModule(TextDataModule):
         ids = self.tokenizer(linearise_triples(triples), add_special_tokens=False)["input_ids"]
         return ids[-max(budget or self.max_length, 1) :]
 
+    @override
     def collate_train(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """One sequence per (input, reference) row."""
         pairs = [self.encode_pair(row["triples"], row["text"]) for row in rows]
-        return self._padded([p[0] for p in pairs], [p[1] for p in pairs])
+        return self.lm_batch([p[0] for p in pairs], [p[1] for p in pairs])
 
     @override
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Grouped inputs: the first reference (for the loss), left-padded prompts, all references, seen."""
         batch = self.collate_train([{**row, "text": row["text"][0]} for row in rows])
         prompts = [self.prompt_ids(row["triples"]) for row in rows]
-        batch["prompt_ids"] = _pad(prompts, self.tokenizer.pad_token_id, left=True)
-        batch["prompt_mask"] = _pad([[1] * len(p) for p in prompts], 0, left=True)
+        batch["prompt_ids"] = pad_sequences(prompts, self.tokenizer.pad_token_id, left=True)
+        batch["prompt_mask"] = pad_sequences([[1] * len(p) for p in prompts], 0, left=True)
         batch["references"] = [list(row["text"]) for row in rows]
         batch["seen"] = torch.tensor([row["category"] in self.seen_categories for row in rows])
         return batch
-
-    def _padded(self, sequences: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": _pad(sequences, self.tokenizer.pad_token_id),
-            "attention_mask": _pad([[1] * len(s) for s in sequences], 0),
-            "labels": _pad(labels, IGNORE_INDEX),
-        }
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        return DataLoader(
-            self.datasets["train"],
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=self.collate_train,
-            num_workers=self.num_workers,
-        )
