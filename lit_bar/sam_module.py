@@ -45,12 +45,12 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_flatten, tree_map
 from typing_extensions import override
 
 from lit_bar.optim.perturbation import global_norm, sam_perturbation, validate_precondition
 from lit_bar.optim.sam import validate_rho
+from lit_bar.step_utils import batch_size, frozen_batchnorm, is_batched, rng_state, set_rng_state
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
 
@@ -244,13 +244,13 @@ class SAMModule(LightningModule):
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size(batch))
         return loss
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
-        self.log("test/loss", loss, batch_size=_batch_size(batch))
+        self.log("test/loss", loss, batch_size=batch_size(batch))
         return loss
 
     # ----------------------------------------------------------------- the SAM step
@@ -277,7 +277,7 @@ class SAMModule(LightningModule):
         return loss.detach()
 
     def _ascent_micro_step(self, batch: Any) -> torch.Tensor:
-        rng = _rng_state()
+        rng = rng_state()
         loss, grads, out_grad = self._ascent_grads(batch, 1.0 / self.accumulate_grad_batches)
         if self._ascent is None:
             self._ascent = grads
@@ -293,22 +293,22 @@ class SAMModule(LightningModule):
         window, self._window = self._window, []
         with self._perturbed(grads):
             for i, (batch, rng, out_grad) in enumerate(window):
-                _set_rng_state(rng)
+                set_rng_state(rng)
                 self._descent_backward(
                     batch, out_grad, 1.0 / self.accumulate_grad_batches, last=i == len(window) - 1
                 )
 
     def _chunked_micro_step(self, batch: Any, last: bool) -> torch.Tensor:
-        size = _batch_size(batch)
+        size = batch_size(batch)
         starts = range(0, size, self.m)
         loss = torch.zeros((), device=self.device)
         for j, start in enumerate(starts):
-            chunk = tree_map(lambda t, s=start: t[s : s + self.m] if _is_batched(t, size) else t, batch)
+            chunk = tree_map(lambda t, s=start: t[s : s + self.m] if is_batched(t, size) else t, batch)
             weight = min(self.m, size - start) / size / self.accumulate_grad_batches
-            rng = _rng_state()
+            rng = rng_state()
             chunk_loss, grads, out_grad = self._ascent_grads(chunk, weight)
             with self._perturbed(grads):
-                _set_rng_state(rng)
+                set_rng_state(rng)
                 self._descent_backward(chunk, out_grad, weight, last=last and j == len(starts) - 1)
             loss = loss + chunk_loss * (weight * self.accumulate_grad_batches)
         return loss
@@ -350,14 +350,14 @@ class SAMModule(LightningModule):
         with torch.no_grad():
             torch._foreach_add_(params, eps)
         del eps, grads
-        after = _rng_state()
+        after = rng_state()
         try:
-            with _frozen_batchnorm(self):
+            with frozen_batchnorm(self):
                 yield
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(params, saved)
-            _set_rng_state(after)
+            set_rng_state(after)
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
@@ -409,45 +409,3 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:
 
 def _overrides(module: SAMModule, *names: str) -> bool:
     return all(getattr(type(module), n) is not getattr(SAMModule, n) for n in names)
-
-
-def _batch_size(batch: Any) -> int:
-    leaves = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.ndim > 0]
-    if not leaves:
-        raise ValueError("cannot find the batch size: the batch holds no tensor with a batch dimension")
-    return leaves[0].shape[0]
-
-
-def _is_batched(value: Any, size: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size
-
-
-def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """CPU and CUDA generator states, so both SAM passes draw the same dropout masks."""
-    cuda = (
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    )
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm(module: torch.nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running statistics out of the descent pass (SAM sees each batch twice)."""
-    saved = []
-    for bn in module.modules():
-        if isinstance(bn, _BatchNorm) and bn.track_running_stats:
-            saved.append((bn, bn.momentum, bn.num_batches_tracked.clone()))
-            bn.momentum = 0.0
-    try:
-        yield
-    finally:
-        for bn, momentum, tracked in saved:
-            bn.momentum = momentum
-            bn.num_batches_tracked.copy_(tracked)
