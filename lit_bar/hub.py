@@ -41,8 +41,9 @@ def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
         raise ValueError(f"{what} path {name_or_path!r} is not an existing folder")
     if not hub_reachable():
         raise ValueError(
-            f"{what} {name_or_path!r} is not a local folder and the Hugging Face hub is unreachable (offline). "
-            f"Pass a local folder instead, e.g. --model.init_args.model_name_or_path /path/to/{name_or_path.split('/')[-1]}"
+            f"{what} {name_or_path!r} is not a local folder and the Hugging Face hub is unreachable "
+            "(offline). Pass a local folder instead, e.g. --model.init_args.model_name_or_path "
+            f"/path/to/{name_or_path.split('/')[-1]}"
         )
     return name_or_path
 
@@ -89,7 +90,8 @@ def load_splits(
         raise ValueError("pass data_dir (local split files) or dataset_name (a hub dataset)")
     if not hub_reachable():
         raise ValueError(
-            f"dataset {dataset_name!r} ({dataset_config}) must come from the Hugging Face hub, which is unreachable "
-            "(offline). Pass a local folder instead: --data.init_args.data_dir DIR with {train,validation,test}.jsonl"
+            f"dataset {dataset_name!r} ({dataset_config}) must come from the Hugging Face hub, which is "
+            "unreachable (offline). Pass a local folder instead: --data.init_args.data_dir DIR with "
+            "{train,validation,test}.jsonl"
         )
     return datasets.load_dataset(dataset_name, dataset_config, trust_remote_code=trust_remote_code)

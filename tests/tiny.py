@@ -14,10 +14,18 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
-SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+SPECIAL = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
 
 
-def build_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = (), add_bos_eos: bool = True) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    texts: Iterable[str], extra_words: Iterable[str] = (), add_bos_eos: bool = True
+) -> PreTrainedTokenizerFast:
     """A whitespace/punctuation word-level tokenizer whose vocabulary is every word of ``texts``.
 
     Args:
@@ -39,7 +47,9 @@ def build_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = (), add_b
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
 
 
-def save_tiny_model(model_cls: type, config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, folder: Path) -> Path:
+def save_tiny_model(
+    model_cls: type, config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, folder: Path
+) -> Path:
     """Build ``model_cls(config)`` (random weights) and save it with ``tokenizer`` into ``folder``."""
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
