@@ -193,6 +193,9 @@ def test_resume_from_checkpoint_equals_straight_run(tmp_path):
     assert run.global_step == 6
     _resumable_run(tmp_path / "part", callbacks=[StopAfterFirstEpoch()])
     (checkpoint,) = (tmp_path / "part").glob("*.ckpt")
+    saved = torch.load(checkpoint, weights_only=True)  # plain tensors and primitives only: safe to load
+    (bar_state,) = [v for k, v in saved["callbacks"].items() if "Balancedness" in k]
+    assert bar_state["total_steps"] == 6
     resumed, run = _resumable_run(tmp_path / "resumed", ckpt_path=str(checkpoint))
     assert run.global_step == 6
     assert_params_close(_trainable(resumed), _trainable(straight), atol=1e-6)
