@@ -32,8 +32,10 @@ RHO = 0.3
 class RankRowsSAM(TinySAM):
     """Each rank reads rows [rank·b, (rank+1)·b) of every global batch, in order (b = batch / world)."""
 
-    def __init__(self, m: int | None, out: str | None = None) -> None:
-        super().__init__(make_net(), optimizer=sgd(0.2, momentum=0.5), rho=RHO, m=m)
+    def __init__(self, m: int | None, perturbation: str = "sam", out: str | None = None) -> None:
+        super().__init__(
+            make_net(), optimizer=sgd(0.2, momentum=0.5), rho=RHO, m=m, perturbation=perturbation
+        )
         self.out = out
         self.all_reduce_calls: list[int] = []
         self._calls_before = 0
@@ -54,7 +56,7 @@ class RankRowsSAM(TinySAM):
     def on_fit_end(self):  # runs in every rank (the forked ranks return nothing else to the parent)
         if self.out is not None:
             params = [p.detach().clone() for p in self.net.parameters()]
-            name = f"m{self.m or 0}_rank{self.trainer.global_rank}.pt"
+            name = f"{self.perturbation}_m{self.m or 0}_rank{self.trainer.global_rank}.pt"
             torch.save(
                 {"params": params, "all_reduce_calls": self.all_reduce_calls}, os.path.join(self.out, name)
             )
@@ -69,10 +71,10 @@ def _counting_all_reduce(*args, **kwargs):
     return _all_reduce(*args, **kwargs)
 
 
-def run(devices: int, m: int | None, out: str | None = None) -> RankRowsSAM:
+def run(devices: int, m: int | None, perturbation: str = "sam", out: str | None = None) -> RankRowsSAM:
     """Train on ``devices`` CPU processes (forked DDP when more than one) and return the module."""
     torch.distributed.all_reduce = _counting_all_reduce
-    module = RankRowsSAM(m, out)
+    module = RankRowsSAM(m, perturbation, out)
     strategy = "ddp_fork" if devices > 1 else "auto"
     fit_trainer = trainer(devices=devices, strategy=strategy, use_distributed_sampler=False)
     torch.manual_seed(0)
@@ -84,10 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--m", type=int, nargs="+", default=[0])
+    parser.add_argument("--perturbation", nargs="+", default=["sam"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    for m in args.m:
-        run(args.devices, m or None, args.out)
+    for perturbation in args.perturbation:
+        for m in args.m:
+            run(args.devices, m or None, perturbation, args.out)
 
 
 if __name__ == "__main__":
