@@ -38,7 +38,33 @@ def _check_noise(noise: torch.Tensor, sample_shape: tuple[int, ...], problem: st
         )
 
 
-class NOPModule(SAMModule):
+class _FactorToy(SAMModule):
+    """What NOP and OP share: the pair (x, y) from the paper's imbalanced start, the noise scale α,
+    the loss ½‖f − (target + α noise)‖² of the output f, and the balancedness log."""
+
+    def __init__(
+        self, dim_x: int, dim_y: int, alpha: float, norm_x: float, norm_y: float, seed: int, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.alpha = _check_alpha(alpha)
+        x0, y0 = imbalanced_factors(dim_x, dim_y, norm_x, norm_y, seed)
+        self.x = nn.Parameter(x0)
+        self.y = nn.Parameter(y0)
+
+    def pairs(self) -> list[FactorPair]:
+        """The scale-invariant pair (x, y), e.g. for ``BalancednessCallback(pairs=module.pairs())``."""
+        return [FactorPair("x|y", self.x, self.y)]
+
+    @override
+    def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        return fit_loss(outputs, self.target, batch, self.alpha)  # Eq. 11 / Eq. 12
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log("toy/balancedness", balancedness(self.pairs())[0])
+
+
+class NOPModule(_FactorToy):
     """Non-overparameterised toy problem (Eq. 11): fit the rank-one A = u vᵀ with x yᵀ under noise.
 
     Args:
@@ -65,33 +91,17 @@ class NOPModule(SAMModule):
         rho: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, rho=rho, **kwargs)
+        super().__init__(dim_x, dim_y, alpha, norm_x, norm_y, seed, optimizer=optimizer, rho=rho, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.alpha = _check_alpha(alpha)
-        x0, y0 = imbalanced_factors(dim_x, dim_y, norm_x, norm_y, seed)
-        self.x = nn.Parameter(x0)
-        self.y = nn.Parameter(y0)
         self.register_buffer("target", rank_one_target(dim_x, dim_y, seed + 1))
-
-    def pairs(self) -> list[FactorPair]:
-        """The scale-invariant pair (x, y), e.g. for ``BalancednessCallback(pairs=module.pairs())``."""
-        return [FactorPair("x|y", self.x, self.y)]
 
     @override
     def compute_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         _check_noise(batch, tuple(self.target.shape), "NOPModule")
         return torch.outer(self.x, self.y)  # f = x yᵀ
 
-    @override
-    def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return fit_loss(outputs, self.target, batch, self.alpha)  # Eq. 11
 
-    @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.log("toy/balancedness", balancedness(self.pairs())[0])
-
-
-class OPModule(SAMModule):
+class OPModule(_FactorToy):
     """Overparameterised toy problem (Eq. 12): fit the scalar a with xᵀ y under noise.
 
     Args:
@@ -118,27 +128,11 @@ class OPModule(SAMModule):
         rho: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, rho=rho, **kwargs)
+        super().__init__(dim, dim, alpha, norm_x, norm_y, seed, optimizer=optimizer, rho=rho, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.alpha = _check_alpha(alpha)
         self.target = float(target)
-        x0, y0 = imbalanced_factors(dim, dim, norm_x, norm_y, seed)
-        self.x = nn.Parameter(x0)
-        self.y = nn.Parameter(y0)
-
-    def pairs(self) -> list[FactorPair]:
-        """The scale-invariant pair (x, y), e.g. for ``BalancednessCallback(pairs=module.pairs())``."""
-        return [FactorPair("x|y", self.x, self.y)]
 
     @override
     def compute_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         _check_noise(batch, (), "OPModule")
         return torch.dot(self.x, self.y)  # f = xᵀ y
-
-    @override
-    def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return fit_loss(outputs, self.target, batch, self.alpha)  # Eq. 12
-
-    @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.log("toy/balancedness", balancedness(self.pairs())[0])
