@@ -241,17 +241,33 @@ class SAMModule(LightningModule):
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
 
+    def evaluation_step(self, batch: Any, stage: str) -> torch.Tensor:
+        """One validation (``stage="val"``) or test (``"test"``) batch; logs ``{stage}/loss``.
+
+        Task modules override this one method (not ``validation_step``/``test_step``) to add metrics.
+        """
+        loss = self.compute_loss(batch)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch_size(batch))
+        return loss
+
+    def on_evaluation_epoch_end(self, stage: str) -> None:
+        """End of a validation (``"val"``) or test (``"test"``) epoch: log epoch-level metrics here."""
+
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size(batch))
-        return loss
+        return self.evaluation_step(batch, "val")
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch)
-        self.log("test/loss", loss, batch_size=batch_size(batch))
-        return loss
+        return self.evaluation_step(batch, "test")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.on_evaluation_epoch_end("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.on_evaluation_epoch_end("test")
 
     # ----------------------------------------------------------------- the SAM step
     @override

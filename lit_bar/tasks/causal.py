@@ -109,7 +109,8 @@ class CausalLMTask(SAMModule):
         return shifted_lm_loss(outputs, batch["labels"])
 
     # ----------------------------------------------------------------- evaluation
-    def model_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    @override
+    def evaluation_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         """Loss, then accuracy (scoring) or generated answers' SQuAD F1/EM (generation), for one stage."""
         outputs = self.compute_outputs(batch)
         loss = self.loss_from_outputs(outputs, batch)
@@ -141,22 +142,7 @@ class CausalLMTask(SAMModule):
         return decode_continuations(self.tokenizer, sequences, prompt_ids.shape[1], self.stop_at_newline)
 
     @override
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "val")
-
-    @override
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "test")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_squad("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_squad("test")
-
-    def _log_squad(self, stage: str) -> None:
+    def on_evaluation_epoch_end(self, stage: str) -> None:
         metric = self.squad[stage]
         if not metric.update_count:
             return

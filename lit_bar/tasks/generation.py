@@ -141,7 +141,8 @@ class DataToTextGenerator(SAMModule):
     def loss_from_outputs(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return shifted_lm_loss(outputs, batch["labels"], self.label_smoothing)
 
-    def model_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    @override
+    def evaluation_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         """Smoothed loss on the first reference, then beam-search texts into BLEU (all / seen / unseen)."""
         loss = self.compute_loss(batch)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0])
@@ -169,22 +170,7 @@ class DataToTextGenerator(SAMModule):
         return [text.strip() for text in texts]
 
     @override
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "val")
-
-    @override
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "test")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_bleu("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_bleu("test")
-
-    def _log_bleu(self, stage: str) -> None:
+    def on_evaluation_epoch_end(self, stage: str) -> None:
         for subset in SUBSETS:
             metric = self.bleu[f"{stage}_{subset}"]
             if metric.update_count:

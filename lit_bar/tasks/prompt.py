@@ -88,14 +88,8 @@ class PromptMLMClassifier(SAMModule):
         return self.loss_from_outputs(outputs, batch), outputs.argmax(-1)
 
     @override
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    @override
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, metrics: Any) -> torch.Tensor:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
         loss, preds = self.model_step(batch)
         metrics.update(preds, batch["labels"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(preds))
