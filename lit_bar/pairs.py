@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FactorPair", "balancedness", "find_lora_pairs", "pairs_from_names"]
+__all__ = ["FactorPair", "balancedness", "find_lora_pairs", "module_pairs", "pairs_from_names"]
 
 # Factor names of peft's plain LoRA layer; any other factor (AdaLoRA's ``lora_E``) breaks the pair.
 _LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
@@ -115,6 +115,19 @@ def find_lora_pairs(model: nn.Module) -> list[FactorPair]:
             )
         pairs.extend(_layer_pairs(module_name, module))
     return pairs
+
+
+def module_pairs(module: nn.Module) -> list[FactorPair]:
+    """The scale-invariant pairs of ``module``: its own declaration, else its peft LoRA pairs.
+
+    A module that knows its pairs (e.g. the toy problems' ``x yᵀ``) declares them with a method
+    ``factor_pairs() -> list[FactorPair]``; anything else is searched with :func:`find_lora_pairs`.
+    Every consumer of pairs (``BalancednessCallback``, monitoring, the transformers callback) asks here.
+    """
+    declared = getattr(module, "factor_pairs", None)
+    if callable(declared):
+        return list(declared())
+    return find_lora_pairs(module)
 
 
 def _is_auxiliary(module: nn.Module) -> bool:

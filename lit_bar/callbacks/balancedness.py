@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_bar.bar import apply_bar, bar_signs, mu_at, validate_mode, validate_schedule
-from lit_bar.pairs import FactorPair, balancedness, find_lora_pairs, pairs_from_names
+from lit_bar.pairs import FactorPair, balancedness, module_pairs, pairs_from_names
 from lit_bar.steps import total_optimizer_steps
 
 __all__ = ["BalancednessCallback"]
@@ -35,7 +35,8 @@ class BalancednessCallback(Callback):
         mu: μ₀ ≥ 0, the regularisation strength (paper grids: 0.1–2).
         schedule: ``"constant"``, ``"linear"`` (1 − t/T) or ``"cosine"`` (½(1 + cos πt/T)).
         total_steps: T for the decaying schedules; ``None`` takes the run's optimizer steps.
-        pairs: ``None`` finds peft LoRA pairs (:func:`lit_bar.find_lora_pairs`); otherwise a list of
+        pairs: ``None`` asks the module (:func:`lit_bar.pairs.module_pairs`: its ``factor_pairs()``,
+            else its peft LoRA pairs); otherwise a list of
             ``(x_parameter_name, y_parameter_name)`` tuples or :class:`lit_bar.FactorPair` objects.
         log_per_pair: Also log |balancedness| of every pair (``bar/abs_balancedness/<name>``).
     """
@@ -68,7 +69,7 @@ class BalancednessCallback(Callback):
         if stage != "fit":
             return
         if self.pair_spec is None:
-            self.pairs = find_lora_pairs(pl_module)
+            self.pairs = module_pairs(pl_module)
             if not self.pairs:
                 raise ValueError(
                     "BalancednessCallback found no scale-invariant pairs in "
