@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BalancednessCallback",
+    "BalancednessMonitor",
     "FactorPair",
     "SAMModule",
     "apply_bar",
@@ -33,4 +34,8 @@ def __getattr__(name: str):  # the Lightning layer loads on first use, so pure-t
         from lit_bar.callbacks.balancedness import BalancednessCallback
 
         return BalancednessCallback
+    if name == "BalancednessMonitor":
+        from lit_bar.callbacks.monitor import BalancednessMonitor
+
+        return BalancednessMonitor
     raise AttributeError(f"module 'lit_bar' has no attribute {name!r}")
