@@ -12,17 +12,28 @@ Examples of configs (``data.init_args``)::
     RTE    text_columns: [sentence1, sentence2]     num_labels: 2   (glue/rte)
     STS-B  text_columns: [sentence1, sentence2]     num_labels: 1
     MNLI   text_columns: [premise, hypothesis]      num_labels: 3   validation_split: validation_matched
+
+Few-shot and small-data protocols sample from the train split with ``seed``: ``k_per_class`` keeps k
+training rows per class (as LM-BFF's k-shot sets), and ``dev_per_class`` carves a dev set of that
+many rows per class out of the train split, disjoint from the training rows, so that anything
+selected (μ, ρ, a checkpoint) is selected on train data and the official validation split stays a
+pure test split (RTE, CB, CoLA have no labelled test split)::
+
+    SST-2 32-shot   k_per_class: 32   dev_per_class: 32   test_splits: [test]
+    RTE             dev_per_class: 50                      test_splits: [validation]
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from typing import Any
 
 from typing_extensions import override
 
 from lit_bar.data.base import TextDataModule
 
-__all__ = ["GlueDataModule"]
+__all__ = ["GlueDataModule", "sample_per_class"]
 
 
 class GlueDataModule(TextDataModule):
@@ -33,9 +44,14 @@ class GlueDataModule(TextDataModule):
         label_column: Column with the class id (``0 .. num_labels-1``) or the float score.
         num_labels: Number of classes; 1 means regression (STS-B).
         train_split: Split to train on.
-        validation_split: Split validated on during fit (and monitored for checkpoints).
+        validation_split: Split validated on during fit (and monitored for checkpoints); ``None``
+            means ``"validation"``, or the carved dev set when ``dev_per_class`` is given.
         test_splits: Splits ``lit-bar test`` evaluates, one dataloader each (metrics logged as
             ``test/<metric>``, or ``test/<split>/<metric>`` when there are several).
+        k_per_class: Train on ``k`` rows per class of ``train_split``, drawn with ``seed``; ``None``
+            trains on every row (less the dev rows).
+        dev_per_class: Validate on this many rows per class carved from ``train_split`` with
+            ``seed``, disjoint from the training rows, instead of on ``validation_split``.
         **kwargs: :class:`lit_bar.data.TextDataModule` arguments (``data_dir``, ``batch_size``, ...).
     """
 
@@ -45,8 +61,10 @@ class GlueDataModule(TextDataModule):
         label_column: str = "label",
         num_labels: int = 2,
         train_split: str = "train",
-        validation_split: str = "validation",
+        validation_split: str | None = None,
         test_splits: list[str] | None = None,
+        k_per_class: int | None = None,
+        dev_per_class: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,8 +77,34 @@ class GlueDataModule(TextDataModule):
         self.label_column = label_column
         self.num_labels = num_labels
         self.train_split = train_split
-        self.validation_split = validation_split
         self.test_splits = list(test_splits or ["validation"])
+        self._check_sampling(k_per_class, dev_per_class, validation_split)
+        self.k_per_class = k_per_class
+        self.dev_per_class = dev_per_class
+        self.validation_split = validation_split or ("validation" if dev_per_class is None else None)
+
+    def _check_sampling(self, k: int | None, dev: int | None, validation_split: str | None) -> None:
+        """Reject bad per-class sizes, per-class sampling of a regression task, and train/test leaks."""
+        for name, value in (("k_per_class", k), ("dev_per_class", dev)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if k is None and dev is None:
+            return
+        if self.num_labels == 1:
+            raise ValueError(
+                f"k_per_class={k!r} / dev_per_class={dev!r} sample per class, but num_labels=1 is "
+                "regression (no classes)"
+            )
+        if dev is not None and validation_split is not None:
+            raise ValueError(
+                f"dev_per_class={dev} carves the validation set from {self.train_split!r}; "
+                f"do not also give validation_split={validation_split!r}"
+            )
+        if self.train_split in self.test_splits:
+            raise ValueError(
+                f"test_splits {self.test_splits} include the train split {self.train_split!r} that "
+                "k_per_class/dev_per_class sample from: the test rows would leak into training"
+            )
 
     @property
     @override
@@ -74,11 +118,23 @@ class GlueDataModule(TextDataModule):
 
     @override
     def select_splits(self, raw: Any) -> dict[str, Any]:
-        wanted = {self.train_split, self.validation_split, *self.test_splits}
+        wanted = {self.train_split, *self.test_splits} | ({self.validation_split} - {None})
         missing = sorted(wanted - set(raw))
         if missing:
             raise ValueError(f"split(s) {missing} not found; the data has splits {sorted(raw)}")
-        splits = {"train": raw[self.train_split], "validation": raw[self.validation_split]}
+        splits = {"train": raw[self.train_split]}
+        if self.k_per_class is not None or self.dev_per_class is not None:
+            train = raw[self.train_split]
+            self.check_columns(train, self.train_split)
+            self._check_labels(train, "train")
+            rows = sample_per_class(
+                train[self.label_column], self.num_labels, self.k_per_class, self.dev_per_class, self.seed
+            )
+            splits["train"] = train.select(rows["train"])
+            if self.dev_per_class is not None:
+                splits["validation"] = train.select(rows["dev"])
+        if self.validation_split is not None:
+            splits["validation"] = raw[self.validation_split]
         tests = [raw[name] for name in self.test_splits]
         splits["test"] = tests if len(tests) > 1 else tests[0]
         return splits
@@ -109,3 +165,37 @@ class GlueDataModule(TextDataModule):
         label = row[self.label_column]
         encoded["labels"] = float(label) if self.num_labels == 1 else int(label)
         return encoded
+
+
+def sample_per_class(
+    labels: Sequence[int], num_classes: int, k: int | None, dev: int | None, seed: int
+) -> dict[str, list[int]]:
+    """Row indices of a k-per-class train set and a dev set carved from the same rows, disjoint.
+
+    Per class, one seeded shuffle (``random.Random(seed)``, classes in id order): the first ``k``
+    rows train, the next ``dev`` rows validate (the k-shot train set does not depend on ``dev``;
+    with ``k == dev`` these are LM-BFF's train/dev sets). ``k=None``: dev is the first ``dev`` rows
+    of each class and every other row trains, in the original order.
+
+    Raises:
+        ValueError: a class with fewer rows than ``k + dev`` (naming the class and its count).
+    """
+    rng = random.Random(seed)
+    train: list[int] = []
+    carved: list[int] = []
+    for label in range(num_classes):
+        rows = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(rows)
+        needed = (k if k is not None else 1) + (dev or 0)
+        if len(rows) < needed:
+            raise ValueError(
+                f"class {label} has {len(rows)} rows in the train split, fewer than the {needed} "
+                f"that k_per_class={k} + dev_per_class={dev} need"
+            )
+        start = k or 0
+        train.extend(rows[:start])
+        carved.extend(rows[start : start + (dev or 0)])
+    if k is None:
+        taken = set(carved)
+        train = [i for i in range(len(labels)) if i not in taken]
+    return {"train": train, "dev": carved}
