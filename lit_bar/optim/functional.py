@@ -18,8 +18,11 @@ stored ∂L/∂f, never a double backward)::
 
 or, in one call, :func:`functional_sam_step`. With a ``GradScaler`` pass the scaled loss to
 :func:`clean_backward`: ∂L/∂f is then scaled by the same factor, so the descent gradients come out
-scaled as the scaler expects. Pure torch (no Lightning); :class:`lit_bar.SAMModule` does the same
-inside its training step with ``perturbation="functional"``.
+scaled as the scaler expects; then ``opt.second_step(scaler=scaler)`` and ``scaler.update()``
+(:func:`functional_sam_step` takes ``scaler=`` and does the first two). The whole step may sit in
+one ``torch.autocast`` region: :class:`SAM` clears autocast's weight cache when it moves w. Pure
+torch (no Lightning); :class:`lit_bar.SAMModule` does the same inside its training step with
+``perturbation="functional"``.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def functional_sam_step(
     compute_outputs: Callable[[], Outputs],
     loss_from_outputs: Callable[[Outputs], torch.Tensor],
     same_randomness: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
     """One Functional-SAM step: clean pass, ε, functional descent pass, base optimizer step.
 
@@ -114,6 +118,9 @@ def functional_sam_step(
         loss_from_outputs: The scalar loss of the outputs on the step's batch.
         same_randomness: Replay the CPU/CUDA random state for the second pass, so both passes draw
             the same dropout masks; the stream afterwards is where one pass leaves it.
+        scaler: A ``GradScaler`` (fp16): the clean loss is scaled before its backward, so the seed
+            ∂L/∂f and the descent gradients carry the scale, and the base optimizer steps through
+            ``scaler.step`` (unscaled; skipped if not finite). Call ``scaler.update()`` after.
 
     Returns:
         The loss at w, detached.
@@ -122,7 +129,7 @@ def functional_sam_step(
     before = _rng_state() if same_randomness else None
     outputs = compute_outputs()
     loss = loss_from_outputs(outputs)
-    out_grads = clean_backward(loss, outputs)
+    out_grads = clean_backward(loss if scaler is None else scaler.scale(loss), outputs)
     del outputs
     optimizer.first_step(zero_grad=True)
     after = _rng_state() if same_randomness else None
@@ -131,7 +138,7 @@ def functional_sam_step(
     functional_backward(compute_outputs(), out_grads)
     if after is not None:
         _set_rng_state(after)
-    optimizer.second_step(zero_grad=True)
+    optimizer.second_step(zero_grad=True, scaler=scaler)
     return loss.detach()
 
 

@@ -8,6 +8,20 @@
 or ``opt.step(closure)``, which evaluates the closure twice (the closure zeroes, forwards and
 backwards, as torch's own closure contract says). The weights are restored from an exact saved
 copy, not by subtracting ε, so nothing drifts in low precision and a NaN cannot stick.
+
+Mixed precision. Both steps clear ``torch.autocast``'s cache of low-precision weight copies after
+they change the weights in place, so the whole SAM step may sit inside one autocast region (the
+cache does not see ``w += ε``: without this the second forward would run at w, i.e. plain SGD).
+With a ``GradScaler`` (fp16), the loss-scaled gradients go to ``first_step`` as they are (ε = ρ
+g/‖g‖ does not depend on the scale; a non-finite g gives ε = 0) and ``second_step(scaler=...)``
+restores w and steps through ``scaler.step(base_optimizer)``, which unscales and skips a step
+whose gradients are not finite::
+
+    scaler.scale(loss_fn(model(x))).backward()
+    opt.first_step(zero_grad=True)
+    scaler.scale(loss_fn(model(x))).backward()
+    opt.second_step(zero_grad=True, scaler=scaler)
+    scaler.update()
 """
 
 from __future__ import annotations
@@ -95,17 +109,35 @@ class SAM(Optimizer):
             for p in params:
                 self.state[p]["w"] = p.detach().clone()
             torch._foreach_add_(params, eps)
+            torch.clear_autocast_cache()  # the next forward must cast w + ε, not a cached copy of w
         if zero_grad:
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w exactly and let the base optimizer step with the gradients at w + ε."""
+    def restore(self) -> None:
+        """Put back the w saved by :meth:`first_step` (bitwise), without stepping."""
         params = [p for group in self.param_groups for p in group["params"]]
         saved = [(p, self.state[p].pop("w")) for p in params if "w" in self.state[p]]
         if saved:
             torch._foreach_copy_([p for p, _ in saved], [w for _, w in saved])
-        self.base_optimizer.step()
+            torch.clear_autocast_cache()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Restore w exactly and let the base optimizer step with the gradients at w + ε.
+
+        Args:
+            zero_grad: Zero the gradients afterwards.
+            scaler: The ``GradScaler`` that scaled the losses: the step is then
+                ``scaler.step(base_optimizer)`` (unscaled gradients; skipped if any is not finite).
+                Call ``scaler.update()`` after, as with any optimizer.
+        """
+        self.restore()
+        if scaler is None:
+            self.base_optimizer.step()
+        else:
+            scaler.step(self.base_optimizer)
+        torch.clear_autocast_cache()  # the step moved w in place: no stale cast for a later forward
         self._opt_called = True  # what torch's LR schedulers check, so they do not warn of a missed step()
         if zero_grad:
             self.zero_grad()
@@ -118,7 +150,8 @@ class SAM(Optimizer):
         """
         if closure is None:
             raise ValueError(
-                "SAM.step needs a closure (it evaluates the loss twice); or call first_step/second_step"
+                "SAM.step needs a closure (it evaluates the loss twice); or call first_step/second_step "
+                "(with a GradScaler: scaler.step(sam) cannot work, call second_step(scaler=scaler) instead)"
             )
         with torch.enable_grad():
             loss = closure()
