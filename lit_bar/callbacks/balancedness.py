@@ -5,7 +5,8 @@ gradient accumulation and the DDP all-reduce, in automatic optimization and unde
 :class:`lit_bar.SAMModule` alike, so the rule sees final gradients. The decoupled update
 (ALGORITHMS.md §3) then changes the factors before the base optimizer steps with unchanged
 gradients. Under fp16 a step that the GradScaler will skip (non-finite gradients) is skipped here
-too, through a 0/1 tensor: no host sync.
+too, through a 0/1 tensor: no host sync. The rule itself is :class:`lit_bar.bar.BAR`, shared with
+plain loops and :class:`lit_bar.hf.BalancednessTrainerCallback`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lit_bar.bar import apply_bar, bar_signs, mu_at, validate_mode, validate_schedule
+from lit_bar.bar import BAR, BarStep, finite_gradients, validate_mode, validate_schedule
 from lit_bar.pairs import FactorPair, balancedness, module_pairs, pairs_from_names
 from lit_bar.steps import total_optimizer_steps
 
@@ -28,6 +29,10 @@ __all__ = ["BalancednessCallback"]
 
 class BalancednessCallback(Callback):
     """Balancedness-aware regularisation (BAR) of scale-invariant pairs, e.g. LoRA's (A, B).
+
+    The rule is :class:`lit_bar.bar.BAR`'s (shared with plain loops and the transformers callback);
+    this class wires it into Lightning. Each factor is scaled with its own parameter group's
+    learning rate (LoRA+ puts B in a group of its own).
 
     Args:
         mode: ``"nbar"`` (Alg. 2, the LoRA default: sign from ‖g_x‖ vs ‖g_y‖) or ``"obar"``
@@ -52,7 +57,7 @@ class BalancednessCallback(Callback):
     ) -> None:
         self.mode = validate_mode(mode)
         self.schedule = validate_schedule(schedule)
-        if not isinstance(mu, int | float) or not mu >= 0 or mu == float("inf"):
+        if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < float("inf"):
             raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
         if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
@@ -60,99 +65,92 @@ class BalancednessCallback(Callback):
         self.total_steps = total_steps
         self.pair_spec = list(pairs) if pairs is not None else None
         self.log_per_pair = log_per_pair
-        self.pairs: list[FactorPair] = []
-        self.branch_counts = torch.zeros(2)  # cumulative pair-steps with s = +1, s = −1
-        self._group_index: tuple[torch.optim.Optimizer, list[int]] | None = None
+        self.bar: BAR | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def pairs(self) -> list[FactorPair]:
+        """The regularised pairs (empty before ``setup``)."""
+        return self.bar.pairs if self.bar is not None else []
+
+    @property
+    def branch_counts(self) -> torch.Tensor:
+        """Cumulative pair-steps with s = +1 and with s = −1."""
+        return self.bar.branch_counts if self.bar is not None else torch.zeros(2)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.pair_spec is None:
-            self.pairs = module_pairs(pl_module)
-            if not self.pairs:
-                raise ValueError(
-                    "BalancednessCallback found no scale-invariant pairs in "
-                    f"{type(pl_module).__name__}: it looked for peft LoRA layers (lora_A/lora_B, "
-                    "lora_embedding_A/B) with an active, unmerged, trainable "
-                    "adapter. Wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
-                )
-        elif all(isinstance(p, FactorPair) for p in self.pair_spec):
-            self.pairs = list(self.pair_spec)
-        else:
-            self.pairs = pairs_from_names(pl_module, self.pair_spec)
-        frozen = [p.name for p in self.pairs if not (p.x.requires_grad and p.y.requires_grad)]
+        pairs = self._resolve_pairs(pl_module)
+        frozen = [p.name for p in pairs if not (p.x.requires_grad and p.y.requires_grad)]
         if frozen:
             raise ValueError(
                 "BalancednessCallback needs gradients, but these pairs have a factor with "
                 "requires_grad=False: "
                 f"{frozen[:5]}{' ...' if len(frozen) > 5 else ''}"
             )
+        self.bar = BAR(pairs, self.mode, self.mu, self.schedule, self.total_steps)
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
         rank_zero_info(
-            f"BalancednessCallback: {self.mode} on {len(self.pairs)} pairs, mu={self.mu} ({self.schedule})"
+            f"BalancednessCallback: {self.mode} on {len(pairs)} pairs, mu={self.mu} ({self.schedule})"
         )
+
+    def _resolve_pairs(self, pl_module: pl.LightningModule) -> list[FactorPair]:
+        if self.pair_spec is None:
+            pairs = module_pairs(pl_module)
+            if not pairs:
+                raise ValueError(
+                    "BalancednessCallback found no scale-invariant pairs in "
+                    f"{type(pl_module).__name__}: it looked for peft LoRA layers (lora_A/lora_B, "
+                    "lora_embedding_A/B) with an active, unmerged, trainable "
+                    "adapter. Wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
+                )
+            return pairs
+        if all(isinstance(p, FactorPair) for p in self.pair_spec):
+            return list(self.pair_spec)
+        return pairs_from_names(pl_module, self.pair_spec)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule != "constant" and self.total_steps is None:
             self.total_steps = total_optimizer_steps(trainer, pl_module)
-        self.branch_counts = self.branch_counts.to(pl_module.device)
+        self.bar.total_steps = self.total_steps
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        mu = mu_at(self.mu, trainer.global_step, self.total_steps or 0, self.schedule)
-        signs = bar_signs(self.mode, self.pairs)
-        keep = self._step_is_kept(trainer, optimizer)
-        coeff = apply_bar(self.pairs, signs, self._pair_lrs(optimizer), mu, keep)
-        active = (coeff != 0).float()
-        self.branch_counts += torch.stack([(active * (signs > 0)).sum(), (active * (signs < 0)).sum()])
+        keep = None
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            keep = finite_gradients(optimizer)  # 0 on the steps the GradScaler skips
+        result = self.bar.apply(optimizer, trainer.global_step, keep)
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # logging costs more than BAR itself
-            self._log(pl_module, signs, active, mu)
+            self._log(pl_module, result)
 
-    def _pair_lrs(self, optimizer: torch.optim.Optimizer) -> list[float]:
-        """η_t of each pair's parameter group (read each step: schedulers change it)."""
-        if self._group_index is None or self._group_index[0] is not optimizer:
-            group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
-            missing = [p.name for p in self.pairs if id(p.x) not in group_of or id(p.y) not in group_of]
-            if missing:
-                raise ValueError(
-                    f"BalancednessCallback: pairs {missing[:5]} are not optimised by "
-                    f"{type(optimizer).__name__}"
-                )
-            self._group_index = (optimizer, [group_of[id(p.x)] for p in self.pairs])
-        groups = optimizer.param_groups
-        return [float(groups[i]["lr"]) for i in self._group_index[1]]
-
-    @staticmethod
-    def _step_is_kept(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-        """0 when the GradScaler skips this step (a non-finite gradient), else 1; None without a scaler."""
-        if getattr(trainer.precision_plugin, "scaler", None) is None:
-            return None
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return None
-        norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
-        return torch.isfinite(norms).all().float()
-
-    def _log(
-        self, pl_module: pl.LightningModule, signs: torch.Tensor, active: torch.Tensor, mu: float
-    ) -> None:
+    def _log(self, pl_module: pl.LightningModule, result: BarStep) -> None:
         values = balancedness(self.pairs).abs()
         pl_module.log("bar/abs_balancedness", values.mean())
-        pl_module.log("bar/mu", mu)
-        pl_module.log("bar/pairs_plus", (active * (signs > 0)).sum())
-        pl_module.log("bar/pairs_minus", (active * (signs < 0)).sum())
+        pl_module.log("bar/mu", result.mu)
+        pl_module.log("bar/pairs_plus", (result.active * (result.signs > 0)).sum())
+        pl_module.log("bar/pairs_minus", (result.active * (result.signs < 0)).sum())
         if self.log_per_pair:
             for pair, value in zip(self.pairs, values.unbind(), strict=True):
                 pl_module.log(f"bar/abs_balancedness/{pair.name}", value)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"total_steps": self.total_steps, "branch_counts": self.branch_counts.cpu()}
+        state = {"total_steps": self.total_steps, "branch_counts": self.branch_counts.cpu()}
+        if self.bar is not None:
+            state.update(self.bar.state_dict(), total_steps=self.total_steps)
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.total_steps = state_dict["total_steps"]
-        self.branch_counts = state_dict["branch_counts"].clone()
+        if self.bar is None:  # restored before setup: apply once the pairs are known
+            self._pending_state = dict(state_dict)
+            return
+        self.bar.load_state_dict(state_dict)
+        self._pending_state = None

@@ -1,0 +1,179 @@
+"""``BalancednessTrainerCallback``: nBAR / oBAR (paper Alg. 2 and 3) inside the transformers ``Trainer``.
+
+Where it runs, in ``Trainer._inner_training_loop`` of transformers 5.x (read in ``trainer.py``), once
+per optimizer step, after the last micro-batch of the accumulation window::
+
+    backward of every micro-batch (accumulated; DDP all-reduce on the last)
+    accelerator.clip_grad_norm_          unscales the fp16 gradients (GradScaler.unscale_), clips
+                                         (max_grad_norm; with 0 it only measures the norm)
+    on_pre_optimizer_step                ← BAR here: final, accumulated, unscaled, clipped gradients
+    optimizer.step()                     AcceleratedOptimizer: scaler.step (skips non-finite), update
+    on_optimizer_step
+    lr_scheduler.step()                  unless the scaler skipped the step
+    model.zero_grad(); global_step += 1; on_step_end
+    _maybe_log_save_evaluate → Trainer.log → log_history.append → on_log (callbacks in list order)
+
+The rule is :class:`lit_bar.bar.BAR` (the same object plain loops and ``BalancednessCallback`` use).
+Under ``fp16`` a step that the GradScaler will skip (a non-finite gradient) is skipped by BAR too,
+through a 0/1 tensor (no host sync): the Trainer itself only knows after ``optimizer.step()``.
+
+Logging: ``Trainer(callbacks=[...])`` puts user callbacks *after* the reporting integrations
+(TensorBoard, W&B, ...), and ``Trainer.log`` appends a copy of the logs to ``state.log_history``
+before calling ``on_log``. So at ``on_train_begin`` this callback moves itself to the front of the
+callback list, and in ``on_log`` it adds its values to the logs every later callback (the
+integrations, the progress printer) receives, and to the ``log_history`` entry just written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
+from transformers.utils import logging
+from typing_extensions import override
+
+from lit_bar.bar import BAR, BarStep, finite_gradients, validate_mode, validate_schedule
+from lit_bar.pairs import FactorPair, balancedness, module_pairs, pairs_from_names
+
+__all__ = ["BalancednessTrainerCallback"]
+
+logger = logging.get_logger(__name__)
+
+
+class BalancednessTrainerCallback(TrainerCallback):
+    """Balancedness-aware regularisation of the model's scale-invariant pairs (peft LoRA's (A, B)).
+
+    Example::
+
+        trainer = Trainer(model=peft_model, args=args, train_dataset=train,
+                          callbacks=[BalancednessTrainerCallback(mode="nbar", mu=1.0)])
+
+    Args:
+        mode: ``"nbar"`` (Alg. 2: sign from ‖g_x‖ vs ‖g_y‖, the LoRA default) or ``"obar"`` (Alg. 3).
+        mu: μ₀ ≥ 0.
+        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` μ decay over the run.
+        total_steps: T for the decaying schedules; ``None`` takes the Trainer's ``state.max_steps``.
+        pairs: ``None``: the model's pairs (:func:`lit_bar.pairs.module_pairs`: its ``factor_pairs()``,
+            else its peft LoRA pairs); otherwise ``(x_name, y_name)`` parameter names or
+            :class:`lit_bar.FactorPair` objects.
+
+    Logged (every ``logging_steps``): ``bar/abs_balancedness`` (mean |B| over pairs after the last
+    BAR update, before that optimizer step, as ``BalancednessCallback`` logs it), ``bar/mu``,
+    ``bar/pairs_plus`` and ``bar/pairs_minus`` (pairs with s = +1 / −1 at the last step).
+    """
+
+    def __init__(
+        self,
+        mode: str = "nbar",
+        mu: float = 1.0,
+        schedule: str = "constant",
+        total_steps: int | None = None,
+        pairs: Sequence[tuple[str, str]] | Sequence[FactorPair] | None = None,
+    ) -> None:
+        self.mode = validate_mode(mode)
+        self.schedule = validate_schedule(schedule)
+        if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < float("inf"):
+            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        self.mu = float(mu)
+        self.total_steps = total_steps
+        self.pair_spec = list(pairs) if pairs is not None else None
+        self.bar: BAR | None = None
+        self._last: tuple[BarStep, torch.Tensor] | None = None
+
+    @override
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs["model"]
+        pairs = self._resolve_pairs(model)
+        total = self.total_steps or (state.max_steps if state.max_steps > 0 else None)
+        self.bar = BAR(pairs, self.mode, self.mu, self.schedule, total)
+        _move_to_front(self)
+        logger.info(f"BalancednessTrainerCallback: {self.mode} on {len(pairs)} pairs, mu={self.mu}")
+
+    def _resolve_pairs(self, model: nn.Module) -> list[FactorPair]:
+        if self.pair_spec is None:
+            pairs = module_pairs(model)
+        elif all(isinstance(p, FactorPair) for p in self.pair_spec):
+            pairs = list(self.pair_spec)
+        else:
+            pairs = pairs_from_names(model, self.pair_spec)
+        if not pairs:
+            raise ValueError(
+                f"BalancednessTrainerCallback found no scale-invariant pairs in {type(model).__name__}: "
+                "wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
+            )
+        frozen = [p.name for p in pairs if not (p.x.requires_grad and p.y.requires_grad)]
+        if frozen:
+            raise ValueError(f"BalancednessTrainerCallback: pairs with a frozen factor: {frozen[:5]}")
+        return pairs
+
+    @override
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        optimizer = kwargs["optimizer"]
+        keep = finite_gradients(optimizer) if args.fp16 else None  # 0 on the steps the scaler skips
+        result = self.bar.apply(optimizer, state.global_step, keep)
+        # |B| after BAR, before the optimizer step (as BalancednessCallback logs it): on the device, no sync
+        self._last = (result, balancedness(self.bar.pairs).abs().mean())
+
+    @override
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs is None or self._last is None or "loss" not in logs:  # training logs only
+            return
+        values = self.log_values()
+        logs.update(values)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+    def log_values(self) -> dict[str, float]:
+        """The last step's metrics as Python floats (a host sync: called on logging steps only)."""
+        last, abs_balancedness = self._last
+        numbers = torch.stack(
+            [
+                abs_balancedness,
+                (last.active * (last.signs > 0)).sum().to(abs_balancedness.dtype),
+                (last.active * (last.signs < 0)).sum().to(abs_balancedness.dtype),
+            ]
+        ).tolist()  # one transfer for the three numbers
+        return {
+            "bar/abs_balancedness": numbers[0],
+            "bar/mu": last.mu,
+            "bar/pairs_plus": numbers[1],
+            "bar/pairs_minus": numbers[2],
+        }
+
+
+def _move_to_front(callback: TrainerCallback) -> None:
+    """Run ``callback`` first in its ``CallbackHandler``, so its ``on_log`` values reach the integrations.
+
+    The handler is the caller of the event (``CallbackHandler.call_event``); moving an element to the
+    front while the handler iterates the list neither repeats nor skips a callback.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and not isinstance(frame.f_locals.get("self"), CallbackHandler):
+        frame = frame.f_back
+    if frame is None:
+        logger.warning(
+            "BalancednessTrainerCallback could not find its CallbackHandler: reporting integrations that "
+            "run before it will not see the bar/* values (state.log_history still gets them)"
+        )
+        return
+    handler = frame.f_locals["self"]
+    handler.callbacks.remove(callback)
+    handler.callbacks.insert(0, callback)
