@@ -38,23 +38,23 @@ manual optimization, so they are arguments of this module under the same names.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils._pytree import tree_flatten, tree_map
 from typing_extensions import override
 
-from lit_bar.optim.perturbation import global_norm, sam_perturbation, validate_precondition
+from lit_bar.engine import PERTURBATIONS, SAMEngine
+from lit_bar.optim.perturbation import global_norm, validate_precondition
 from lit_bar.optim.sam import validate_rho
-from lit_bar.step_utils import batch_size, frozen_batchnorm, is_batched, rng_state, set_rng_state
+from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
+from lit_bar.step_utils import batch_size
+from lit_bar.steps import optimizer_steps, run_length
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
-
-PERTURBATIONS = ("sam", "functional")
 
 
 class SAMModule(LightningModule):
@@ -63,7 +63,9 @@ class SAMModule(LightningModule):
     Args:
         optimizer: Factory ``params -> base optimizer`` (LightningCLI ``OptimizerCallable``).
         lr_scheduler: Optional factory ``optimizer -> LR scheduler``, stepped by this module.
-        lr_scheduler_interval: ``"step"`` (once per optimizer step) or ``"epoch"``.
+        lr_scheduler_interval: ``"step"`` (once per optimizer step) or ``"epoch"``; a schedule over
+            the whole run (``total_steps=None``) is sized in that unit.
+        lr_scheduler_monitor: The logged metric a ``ReduceLROnPlateau`` scheduler steps on.
         rho: SAM radius ρ ≥ 0; 0 means plain training (one pass, no perturbation).
         adaptive: Adaptive SAM (ASAM): ε = ρ T² g/‖T g‖, T = |w| on weight matrices.
         m: m-sharpness: each chunk of ``m`` examples gets its own ε (Sec. 4, App. C.3); ``None``
@@ -82,6 +84,7 @@ class SAMModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        lr_scheduler_monitor: str = "val/loss",
         rho: float = 0.05,
         adaptive: bool = False,
         m: int | None = None,
@@ -95,6 +98,8 @@ class SAMModule(LightningModule):
         self.automatic_optimization = False
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self._resumed: dict[str, Any] = {}  # a checkpoint's RNG states / partial window, for train start
         self.rho = validate_rho(rho)
         self.adaptive = bool(adaptive)
         self.perturbation = _check_choice("perturbation", perturbation, PERTURBATIONS)
@@ -116,9 +121,8 @@ class SAMModule(LightningModule):
         self.m = m
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
-        self._window: list[tuple[Any, torch.Tensor, Any]] = []  # (batch, rng state, ∂L/∂f) per micro-batch
-        self._ascent: list[torch.Tensor] | None = None
-        self._loss_sum: torch.Tensor | None = None
+        self._engine = SAMEngine(rho, adaptive, m, perturbation, precondition)  # the step's algorithm
+        self._descent_norm: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- the subclass's part
     def compute_loss(self, batch: Any) -> torch.Tensor:
@@ -151,6 +155,17 @@ class SAMModule(LightningModule):
                 f"{type(self).__name__} must implement compute_outputs(batch) and "
                 "loss_from_outputs(outputs, batch) "
                 "(compute_loss then defaults to their composition)"
+            )
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        strategy = self.trainer.strategy
+        if stage == "fit" and isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
+            raise ValueError(
+                f"--trainer.strategy {type(strategy).__name__}: {type(self).__name__} (SAM, nBAR/oBAR, LoRA) "
+                "does not support sharded strategies yet: its step reads whole parameters and gradients "
+                "(the SAM perturbation and its gradient norm, nBAR/oBAR's factor norms), which FSDP, "
+                "DeepSpeed and model parallelism split across devices. Use --trainer.strategy ddp "
+                "(README: 'Many GPUs and many machines')"
             )
 
     @override
@@ -195,32 +210,22 @@ class SAMModule(LightningModule):
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
         if getattr(scheduler, "total_steps", 0) is None and hasattr(scheduler, "set_total_steps"):
-            scheduler.set_total_steps(self.estimated_optimizer_steps())
+            # sized in the unit it steps in (lit_bar.steps reads the length without the #20550 trap)
+            interval = self.lr_scheduler_interval
+            scheduler.set_total_steps(run_length(self.trainer, self.accumulate_grad_batches, interval))
+        # no "monitor" key: Lightning drops it under manual optimization; _step_schedulers reads
+        # lr_scheduler_monitor for a ReduceLROnPlateau instead
         config = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def estimated_optimizer_steps(self) -> int:
         """Total optimizer steps of the run: ⌈batches per epoch / accumulation⌉ × epochs, capped by
-        ``max_steps`` (whichever ends the run first, as the Trainer does)."""
-        trainer = self.trainer
-        trainer.estimated_stepping_batches  # noqa: B018  (makes the trainer load the training data)
-        per_epoch, epochs = trainer.num_training_batches, trainer.max_epochs
-        total = float("inf")
-        if epochs not in (None, -1) and not math.isinf(per_epoch):
-            total = math.ceil(per_epoch / self.accumulate_grad_batches) * max(epochs, 1)
-        if trainer.max_steps != -1:
-            total = min(total, trainer.max_steps)
-        if math.isinf(total):
-            raise ValueError(
-                "the run has no finite length (max_steps=-1 and max_epochs=-1, or a training set without "
-                "len()), so a schedule over the whole run cannot be built: set max_steps, or pass total_steps"
-            )
-        return int(total)
+        ``max_steps`` (whichever ends the run first, as the Trainer does); see :mod:`lit_bar.steps`."""
+        return optimizer_steps(self.trainer, self.accumulate_grad_batches)
 
     @override
     def on_train_start(self) -> None:
+        self._apply_resumed_state()
         if self.m is None or self.rho == 0:
             return
         loaders = tree_flatten(self.trainer.train_dataloader)[0]
@@ -233,9 +238,16 @@ class SAMModule(LightningModule):
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the final, unscaled gradients (``gradient_clip_val``); subclasses call ``super()``."""
+        """Clip the final, unscaled gradients (``gradient_clip_val``); subclasses call ``super()``.
+
+        On logging steps also take the norm of the (clipped) gradients the optimizer steps with.
+        """
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        if _is_logging_step(self.trainer):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            grads = [p.grad for p in params if p.grad is not None]
+            self._descent_norm = global_norm(grads) if grads else None
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -273,114 +285,40 @@ class SAMModule(LightningModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         last = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
-        if self.rho == 0:
-            loss = self._plain_micro_step(batch, last)
-        elif self.m is not None:
-            loss = self._chunked_micro_step(batch, last)
-        else:
-            loss = self._ascent_micro_step(batch)
-            if last:
-                self._descend_window()
-        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        logging = _is_logging_step(self.trainer)
+        loss = self._engine.micro_step(
+            _LightningFrontEnd(self),
+            batch,
+            self._trainable(),
+            1.0 / self.accumulate_grad_batches,
+            last,
+            optimizer=self.optimizers().optimizer if self.precondition else None,
+            module=self,
+            logging=logging,
+        )
         if last:
-            self._optimizer_step()
+            self._optimizer_step(logging)
         return loss
 
-    def _plain_micro_step(self, batch: Any, last: bool) -> torch.Tensor:
-        with self._sync(last):
-            loss = self.compute_loss(batch)
-            self.manual_backward(loss / self.accumulate_grad_batches)
-        return loss.detach()
+    def _optimizer_step(self, logging: bool) -> None:
+        """opt.step() through the precision plugin (unscale → hooks, clipping → step); log on logging steps.
 
-    def _ascent_micro_step(self, batch: Any) -> torch.Tensor:
-        rng = rng_state()
-        loss, grads, out_grad = self._ascent_grads(batch, 1.0 / self.accumulate_grad_batches)
-        if self._ascent is None:
-            self._ascent = grads
-        else:
-            torch._foreach_add_(self._ascent, grads)
-        self._window.append((batch, rng, out_grad))
-        return loss
-
-    def _descend_window(self) -> None:
-        grads, self._ascent = self._ascent, None
-        if self.trainer.world_size > 1:
-            grads = self._all_reduce_sum(grads)  # ε only needs the direction: sum = mean
-        window, self._window = self._window, []
-        with self._perturbed(grads):
-            for i, (batch, rng, out_grad) in enumerate(window):
-                set_rng_state(rng)
-                self._descent_backward(
-                    batch, out_grad, 1.0 / self.accumulate_grad_batches, last=i == len(window) - 1
-                )
-
-    def _chunked_micro_step(self, batch: Any, last: bool) -> torch.Tensor:
-        size = batch_size(batch)
-        starts = range(0, size, self.m)
-        loss = torch.zeros((), device=self.device)
-        for j, start in enumerate(starts):
-            chunk = tree_map(lambda t, s=start: t[s : s + self.m] if is_batched(t, size) else t, batch)
-            weight = min(self.m, size - start) / size / self.accumulate_grad_batches
-            rng = rng_state()
-            chunk_loss, grads, out_grad = self._ascent_grads(chunk, weight)
-            with self._perturbed(grads):
-                set_rng_state(rng)
-                self._descent_backward(chunk, out_grad, weight, last=last and j == len(starts) - 1)
-            loss = loss + chunk_loss * (weight * self.accumulate_grad_batches)
-        return loss
-
-    def _ascent_grads(self, batch: Any, weight: float) -> tuple[torch.Tensor, list[torch.Tensor], Any]:
-        """∇(weight · L) at w via autograd.grad (loss-scaled under fp16), and ∂L/∂f for Functional-SAM."""
-        params = self._trainable()
-        outputs = None
-        if self.perturbation == "functional":
-            outputs = self.compute_outputs(batch)
-            loss = self.loss_from_outputs(outputs, batch)
-        else:
-            loss = self.compute_loss(batch)
-        targets = [*params, outputs] if outputs is not None else params
-        grads = torch.autograd.grad(self._scale(loss * weight), targets, allow_unused=True)
-        grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets, strict=True)]
-        out_grad = None
-        if outputs is not None:  # clean ∂(weight·L)/∂f at w, unscaled, fp32 (no fp16 underflow)
-            out_grad = grads.pop().float() / self._scale(torch.ones((), device=loss.device))
-        return loss.detach(), grads, out_grad
-
-    def _descent_backward(self, batch: Any, out_grad: Any, weight: float, last: bool) -> None:
-        with self._sync(last):
-            if out_grad is None:
-                target = self.compute_loss(batch) * weight
-            else:  # Functional-SAM: backward through f(w+ε) seeded with the clean ∂L/∂f(w)
-                outputs = self.compute_outputs(batch)
-                target = torch.sum(outputs.float() * out_grad)
-            self.manual_backward(target)
-
-    @contextlib.contextmanager
-    def _perturbed(self, grads: list[torch.Tensor]) -> Iterator[None]:
-        """w ← w + ε for the duration, then w ← its exact saved copy; BatchNorm stats frozen."""
-        params = self._trainable()
-        optimizer = self.optimizers().optimizer if self.precondition else None
-        eps = sam_perturbation(params, grads, self.rho, self.adaptive, optimizer, self.precondition)
-        self.log("train/grad_norm", global_norm(grads) / self._scale(torch.ones((), device=self.device)))
-        saved = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            torch._foreach_add_(params, eps)
-        del eps, grads
-        after = rng_state()
-        try:
-            with frozen_batchnorm(self):
-                yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, saved)
-            set_rng_state(after)
-
-    def _optimizer_step(self) -> None:
+        ``train/loss`` is the step's mean micro-batch loss; ``train/grad_norm`` ‖mean ascent gradient‖
+        (all micro-batches, all processes, unscaled); ``train/descent_grad_norm`` the norm of the
+        gradient the optimizer steps with (after clipping); ``train/sharpness`` L(w + ε) − L(w)
+        (SAM). They are copied to the host once per logging step and not computed otherwise.
+        """
         optimizer = self.optimizers()
+        self._descent_norm = None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        self.log("train/loss", self._loss_sum / self.accumulate_grad_batches, prog_bar=True)
-        self._loss_sum = None
+        if logging:
+            stats = self._engine.stats()
+            if self._descent_norm is not None:
+                stats["descent_grad_norm"] = self._descent_norm
+            values = torch.stack([v.to(torch.float64) for v in stats.values()]).cpu()  # the one sync
+            for name, value in zip(stats, values, strict=True):
+                self.log(f"train/{name}", value, prog_bar=name == "loss")
         self._step_schedulers("step")
 
     def _step_schedulers(self, interval: str) -> None:
@@ -388,33 +326,128 @@ class SAMModule(LightningModule):
         for config in self.trainer.lr_scheduler_configs:
             if config.interval != interval or count % config.frequency:
                 continue
-            if config.reduce_on_plateau:
-                metric = self.trainer.callback_metrics.get(config.monitor)
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(self.lr_scheduler_monitor)
                 if metric is None:
-                    raise ValueError(f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged")
+                    logged = sorted(self.trainer.callback_metrics)
+                    raise ValueError(
+                        f"ReduceLROnPlateau monitors {self.lr_scheduler_monitor!r} (lr_scheduler_monitor), "
+                        f"which was not logged before the {interval}'s scheduler step; logged: {logged}"
+                    )
                 config.scheduler.step(metric)
             else:
                 config.scheduler.step()
+
+    # ----------------------------------------------------------------- checkpoints (exact resume)
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store each process's RNG states, and the accumulation window when the save falls inside one.
+
+        Only tensors, lists, dicts and numbers: ``torch.load(weights_only=True)`` reads the checkpoint.
+        A collective under DDP (Lightning calls this hook on every rank).
+        """
+        world = self.trainer.world_size
+        checkpoint["rng_states"] = gather_per_rank(collect_rng_states(), world)
+        window = self._window_state()
+        if window is not None:
+            checkpoint["sam_window"] = gather_per_rank(window, world)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states and partial window for :meth:`on_train_start` (a fit resuming only)."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._resumed = {k: checkpoint[k] for k in ("rng_states", "sam_window") if k in checkpoint}
+
+    def _apply_resumed_state(self) -> None:
+        """Restore this rank's window and RNG states: at train start, once the fit loop has built the
+        training loader and its iterator (so nothing draws from the generators afterwards)."""
+        resumed, self._resumed = self._resumed, {}
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        window = resumed.get("sam_window")
+        if window is not None:
+            if len(window) != world:
+                raise ValueError(
+                    f"the checkpoint was saved inside an accumulation window by {len(window)} processes; "
+                    f"it resumes exactly only with {len(window)} (this run has {world}): resume from a "
+                    "checkpoint at an optimizer step (ModelCheckpoint(every_n_train_steps=...) saves there)"
+                )
+            self._load_window_state(window[rank])
+        states = resumed.get("rng_states")
+        if states is not None and len(states) == world:
+            restore_rng_states(states[rank])
+        elif states is not None:
+            rank_zero_warn(
+                f"the checkpoint holds the RNG states of {len(states)} processes, this run has {world}: "
+                "random generators not restored (dropout masks differ from an uninterrupted run)"
+            )
+
+    def _window_state(self) -> dict[str, Any] | None:
+        """The accumulation window in progress (``None`` at an optimizer-step boundary): the engine's
+        pending micro-batches and sums, and the gradients accumulated so far."""
+        state = self._engine.state_dict()
+        grads = [p.grad for p in self._trainable()]
+        if not state and all(g is None for g in grads):
+            return None
+        return {"engine": state, "grads": grads}
+
+    def _load_window_state(self, state: dict[str, Any]) -> None:
+        if state["engine"]:
+            self._engine.load_state_dict(state["engine"], self.device)
+        for param, grad in zip(self._trainable(), state["grads"], strict=True):
+            param.grad = None if grad is None else grad.to(param.device)
 
     # ----------------------------------------------------------------- helpers
     def _trainable(self) -> list[torch.Tensor]:
         optimizer = self.optimizers().optimizer
         return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
-    def _scale(self, tensor: torch.Tensor) -> torch.Tensor:
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+
+class _LightningFrontEnd:
+    """:class:`lit_bar.engine.FrontEnd` over a SAMModule: its loss, its precision plugin, its strategy."""
+
+    def __init__(self, module: SAMModule) -> None:
+        self.module = module
+        self.world_size = module.trainer.world_size
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self.module.compute_loss(batch)
+
+    def loss_and_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.module.compute_outputs(batch)
+        return self.module.loss_from_outputs(outputs, batch), outputs
+
+    def outputs(self, batch: Any) -> torch.Tensor:
+        return self.module.compute_outputs(batch)
+
+    def scale(self, tensor: torch.Tensor) -> torch.Tensor:
+        scaler = getattr(self.module.trainer.precision_plugin, "scaler", None)
         return scaler.scale(tensor) if scaler is not None else tensor
 
-    def _sync(self, last: bool) -> contextlib.AbstractContextManager:
-        block = getattr(self.trainer.strategy, "block_backward_sync", None)
-        return contextlib.nullcontext() if last or block is None else block()
+    def backward(self, tensor: torch.Tensor, gradient: torch.Tensor | None = None) -> None:
+        """``manual_backward`` (hooks, DDP, the plugin's loss scaling); a seeded backward's
+        ``gradient`` carries the loss scale already, so the plugin's scaler sits that one out."""
+        if gradient is None:
+            self.module.manual_backward(tensor)
+            return
+        plugin = self.module.trainer.precision_plugin
+        scaler = getattr(plugin, "scaler", None)
+        if scaler is not None:
+            plugin.scaler = None
+        try:
+            self.module.manual_backward(tensor, gradient=gradient)
+        finally:
+            if scaler is not None:
+                plugin.scaler = scaler
 
-    def _all_reduce_sum(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
-        flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-        return [
-            part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
-        ]
+    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        block = getattr(self.module.trainer.strategy, "block_backward_sync", None)
+        return contextlib.nullcontext() if block is None else block()
+
+
+def _is_logging_step(trainer: Any) -> bool:
+    """Whether what is logged in this batch reaches the loggers (``log_every_n_steps``; Lightning's own
+    predicate, as its ``LearningRateMonitor`` reads it), so nothing is computed for the other batches."""
+    return bool(trainer._logger_connector.should_update_logs)
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:

@@ -11,6 +11,7 @@ norm gives ε = 0 (no division by zero, and no NaN copied into the weights). Pur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -64,7 +65,7 @@ def adam_preconditioned(
     """
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     out = list(grads)
-    idx, vs, steps, eps, beta2 = [], [], [], [], []
+    idx, vs, steps, eps, log_beta2 = [], [], [], [], []
     for i, p in enumerate(params):
         state = optimizer.state.get(p, {})
         if "exp_avg_sq" not in state:
@@ -72,21 +73,39 @@ def adam_preconditioned(
         group = group_of[id(p)]
         idx.append(i)
         vs.append(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
-        steps.append(torch.as_tensor(state["step"]))
+        steps.append(state["step"])
         eps.append(group["eps"])
-        beta2.append(group["betas"][1])
+        beta2 = group["betas"][1]
+        log_beta2.append(math.log(beta2) if beta2 > 0 else -math.inf)
     if not idx:
         return out
-    device, dtype = vs[0].device, _at_least_float32(*(v.dtype for v in vs))
-    step_counts = torch.stack([s.to(device=device, dtype=dtype) for s in steps])
-    bias_correction = 1.0 - torch.tensor(beta2, device=device, dtype=dtype) ** step_counts
     denom = torch._foreach_sqrt(vs)
-    torch._foreach_div_(denom, bias_correction.sqrt().unbind())
+    torch._foreach_div_(
+        denom, _sqrt_bias_corrections(steps, log_beta2, _at_least_float32(*(v.dtype for v in vs)))
+    )
     torch._foreach_add_(denom, eps)
     scaled = torch._foreach_div([grads[i] for i in idx], denom)
     for i, value in zip(idx, scaled, strict=True):
         out[i] = value
     return out
+
+
+def _sqrt_bias_corrections(
+    steps: Sequence[torch.Tensor | float], log_beta2: Sequence[float], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """√(1 − β₂ᵗ) per parameter, computed where each step counter lives: no host↔device copy, no sync.
+
+    torch's Adam keeps ``state["step"]`` as a CPU tensor (a device tensor when ``fused`` or
+    ``capturable``): β₂ᵗ = exp(t · ln β₂) is taken on that tensor's own device, and a CPU result
+    enters the device division as a 0-d CPU scalar (a kernel argument, not a copy).
+    """
+    counts = [t.to(dtype) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=dtype) for t in steps]
+    powers = torch._foreach_mul(counts, list(log_beta2))
+    torch._foreach_exp_(powers)  # β₂ᵗ
+    torch._foreach_neg_(powers)
+    torch._foreach_add_(powers, 1.0)
+    torch._foreach_sqrt_(powers)
+    return powers
 
 
 @torch.no_grad()
