@@ -22,16 +22,41 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from typing_extensions import override
 
 from lit_bar.hub import load_splits, resolve_pretrained
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross-entropy default)
 
-__all__ = ["IGNORE_INDEX", "PAD_VALUES", "TextDataModule", "pad_sequences"]
+__all__ = ["IGNORE_INDEX", "PAD_VALUES", "ResumableLoader", "TextDataModule", "pad_sequences"]
 
 #: Padding value per key when the collator pads lists of ids; other list keys pad with 0.
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}
+
+
+class ResumableLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader``, except that a state saved after the epoch's last batch
+    starts the next epoch.
+
+    Lightning saves a checkpoint at the end of the epoch's last batch before the loader has raised
+    ``StopIteration``; restored as is, the loader would resume an exhausted epoch and Lightning would
+    count the next one as done without a batch. Such a state is dropped instead: the fresh iterator
+    reads the next epoch's order (the sampler's ``set_epoch``) at its first index.
+    """
+
+    #: Batches Lightning takes per epoch (``limit_train_batches``), when fewer than ``len(self)``.
+    batches_per_epoch: int | None = None
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        yielded = state_dict.get("_num_yielded")
+        if yielded is None and "_snapshot" in state_dict:  # worker processes: snapshot + steps since
+            yielded = state_dict["_snapshot"]["_snapshot_step"] + state_dict["_steps_since_snapshot"]
+        if yielded is not None and yielded >= min(len(self), self.batches_per_epoch or len(self)):
+            state_dict = {}
+        super().load_state_dict(state_dict)
 
 
 class TextDataModule(LightningDataModule):
@@ -179,21 +204,56 @@ class TextDataModule(LightningDataModule):
             self.setup()
         if role not in self.datasets:
             raise ValueError(f"{type(self).__name__} has no {role} split; splits: {sorted(self.datasets)}")
-        loaders = [
-            DataLoader(
-                part,
-                batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                shuffle=shuffle,
-                generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                collate_fn=self.collate_train if role == "train" else self.collate,
-                num_workers=self.num_workers,
-            )
-            for part in _as_list(self.datasets[role])
-        ]
+        parts = _as_list(self.datasets[role])
+        if shuffle:
+            collate = self.collate_train if role == "train" else self.collate
+            loaders = [self.resumable_loader(part, collate) for part in parts]
+        else:
+            loaders = [
+                DataLoader(
+                    part,
+                    batch_size=self.eval_batch_size,
+                    collate_fn=self.collate,
+                    num_workers=self.num_workers,
+                )
+                for part in parts
+            ]
         return loaders if isinstance(self.datasets[role], list) else loaders[0]
 
+    def resumable_loader(self, dataset: Any, collate_fn: Any) -> ResumableLoader:
+        """A shuffled loader that resumes where a checkpoint left it, mid-epoch included.
+
+        The order of epoch e is a permutation seeded by ``seed + e`` alone (Lightning calls the
+        sampler's ``set_epoch``), never by the history of a generator, so a run resumed at an epoch
+        boundary sees the same order as an uninterrupted one. Within an epoch the loader's
+        ``state_dict`` (saved in the checkpoint and restored by Lightning) holds the position; the
+        sampler reads its epoch at its first index, after Lightning's ``set_epoch``.
+        Under DDP each rank takes its own share of that permutation (the sampler is a
+        ``DistributedSampler``, which Lightning leaves in place).
+        """
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = StatefulDistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        generator = torch.Generator().manual_seed(self.seed)  # worker seeds: the global RNG stays untouched
+        loader = ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
+        limit = trainer.limit_train_batches if trainer is not None else 1.0
+        if isinstance(limit, int):  # as Lightning counts an epoch's batches
+            loader.batches_per_epoch = min(len(loader), limit)
+        elif limit < 1.0:
+            loader.batches_per_epoch = int(len(loader) * limit)
+        return loader
+
     @override
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         return self._loader("train", shuffle=True)
 
     @override
@@ -203,6 +263,13 @@ class TextDataModule(LightningDataModule):
     @override
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loader("test", shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """A ``predict`` split when the family selects one, else the test split(s)."""
+        if not self.datasets:
+            self.setup()
+        return self._loader("predict" if "predict" in self.datasets else "test", shuffle=False)
 
 
 def _as_list(data: Any) -> list[Any]:
