@@ -43,6 +43,7 @@ from benchmark_runners import (
     hf_available,
     make_batches,
     peak_memory,
+    profile,
     quiet,
     run,
 )
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="write every measurement and the summary here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown tables here")
+    parser.add_argument("--profile", nargs="+", default=[], help="rows to run once more under torch.profiler")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=Path("outputs/benchmark_profile"), help="its tables"
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: one memory measurement
     args = parser.parse_args(argv)
     for flag in ("rounds", "steps", "batch", "length", "memory_steps"):
@@ -103,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [r for r in args.rows if r not in available]
     if bad:
         parser.error(f"--rows {bad}: not available here; available: {available} (known: {known})")
+    bad = [r for r in args.profile if r not in available]
+    if bad:
+        parser.error(f"--profile {bad}: not available here; available: {available}")
     if args.memory_rows is None:
         args.memory_rows = [*args.rows, *LM_MEMORY_ROWS]
     bad = [r for r in args.memory_rows if r not in [*available, *LM_MEMORY_ROWS]]
@@ -300,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.unavailable:
         print(f"not available in this checkout (lit_bar.hf): {args.unavailable}", flush=True)
     times = time_rows(args, backbone, batches)
+    for row in args.profile:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+        path = args.profile_dir / f"{row.replace(' ', '_').replace('+', '_')}.txt"
+        path.write_text(profile(row, backbone, batches, torch.device(args.device)))
+        print(f"profile of {row}: {path}", flush=True)
     memory = []
     for row in args.memory_rows:
         print(f"peak memory of {row} in its own process ...", flush=True)

@@ -128,6 +128,8 @@ def train(
         callbacks=callbacks,
     )
     trainer.fit(module, loader)
+    if trainer.interrupted or trainer.global_step != sweep.steps:  # e.g. Ctrl-C: never record it as done
+        raise SystemExit(f"training stopped at step {trainer.global_step} of {sweep.steps}; not recorded")
     return module
 
 
@@ -372,6 +374,7 @@ def parse_args() -> argparse.Namespace:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, nargs="+", help="override the sweeps' seeds")
     seeds.add_argument("--num-seeds", type=int, help="override the sweeps' seeds with 0 .. N-1")
+    parser.add_argument("--sizes", type=int, nargs="+", help="override the sweeps' sizes (widths or ranks)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument(
         "--from-csv", type=Path, nargs="+", help="only merge these results.csv files, summarise and plot"
@@ -423,6 +426,8 @@ def main() -> None:
         sweep = sweeps[part]
         if args.seeds or args.num_seeds:
             sweep = replace(sweep, seeds=list(args.seeds or range(args.num_seeds)))
+        if args.sizes:
+            sweep = replace(sweep, sizes=list(args.sizes))
         todo = [
             (seed, size, method)
             for seed in sweep.seeds
