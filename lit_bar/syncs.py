@@ -37,7 +37,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -115,6 +115,7 @@ class SyncSite:
         phase: :attr:`SyncCounter.phase` when the op ran (e.g. ``"step 2"``).
         lit_bar_frame: ``file:line`` of the innermost lit_bar frame on the stack when the issuer is
             not lit_bar itself (lit_bar called the library that synced); ``None`` otherwise.
+        stack: ``file:line (function)`` of the frames, innermost first (``keep_stacks=True`` only).
     """
 
     op: str
@@ -125,6 +126,7 @@ class SyncSite:
     function: str
     phase: str
     lit_bar_frame: str | None = None
+    stack: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -235,16 +237,20 @@ class SyncCounter(TorchDispatchMode):
         trace_backward: Charge ops run by autograd's backward to the forward line that created their
             node (turns on anomaly mode with ``check_nan=False`` while active: slower, for tests).
         host_copies: Also record ``"host_copy"`` ops (tensors built from Python data, CPU↔device copies).
+        keep_stacks: Keep every record's whole Python stack (:attr:`SyncSite.stack`), for debugging.
 
     Attributes:
         records: Every recorded :class:`SyncSite`, in order.
         phase: A label stamped on the records from now on (set it per training step).
     """
 
-    def __init__(self, trace_backward: bool = False, host_copies: bool = True) -> None:
+    def __init__(
+        self, trace_backward: bool = False, host_copies: bool = True, keep_stacks: bool = False
+    ) -> None:
         super().__init__()
         self.trace_backward = trace_backward
         self.host_copies = host_copies
+        self.keep_stacks = keep_stacks
         self.records: list[SyncSite] = []
         self.phase = ""
         self._anomaly: Any = None
@@ -275,11 +281,12 @@ class SyncCounter(TorchDispatchMode):
             lines = node.metadata.get("traceback_") if self.trace_backward else None
             if not lines:
                 return SyncSite(op, kind, "autograd", "<backward>", 0, node.name(), self.phase)
-            frames: Iterable[tuple[str, int, str]] = _traceback_frames(lines)
+            frames: list[tuple[str, int, str]] = _traceback_frames(lines)
         else:
-            frames = _python_frames(sys._getframe(1))
+            frames = list(_python_frames(sys._getframe(2)))
         (file, line, function), lit_bar_frame = issuing_site(frames)
-        return SyncSite(op, kind, owner_of(file), file, line, function, self.phase, lit_bar_frame)
+        stack = tuple(f"{_short(f)}:{n} ({fn})" for f, n, fn in frames) if self.keep_stacks else ()
+        return SyncSite(op, kind, owner_of(file), file, line, function, self.phase, lit_bar_frame, stack)
 
     # ------------------------------------------------------------------ reading the records
     def charged_to(self, owner: str, kind: str = "sync", phase: str | None = None) -> list[SyncSite]:

@@ -130,14 +130,18 @@ class BalancednessCallback(Callback):
             self._log(pl_module, result)
 
     def _log(self, pl_module: pl.LightningModule, result: BarStep) -> None:
+        """Log this step's values, copied to the host in one transfer (the logging step's one sync)."""
         values = balancedness(self.pairs).abs()
-        pl_module.log("bar/abs_balancedness", values.mean())
+        plus = (result.active * (result.signs > 0)).sum()
+        minus = (result.active * (result.signs < 0)).sum()
+        parts = [values.mean(), plus, minus, *(values.unbind() if self.log_per_pair else ())]
+        host = torch.stack([v.to(values.dtype) for v in parts]).cpu().unbind()
+        pl_module.log("bar/abs_balancedness", host[0])
         pl_module.log("bar/mu", result.mu)
-        pl_module.log("bar/pairs_plus", (result.active * (result.signs > 0)).sum())
-        pl_module.log("bar/pairs_minus", (result.active * (result.signs < 0)).sum())
-        if self.log_per_pair:
-            for pair, value in zip(self.pairs, values.unbind(), strict=True):
-                pl_module.log(f"bar/abs_balancedness/{pair.name}", value)
+        pl_module.log("bar/pairs_plus", host[1])
+        pl_module.log("bar/pairs_minus", host[2])
+        for pair, value in zip(self.pairs, host[3:], strict=False):
+            pl_module.log(f"bar/abs_balancedness/{pair.name}", value)
 
     @override
     def state_dict(self) -> dict[str, Any]:
