@@ -20,6 +20,7 @@ __all__ = [
     "mean_target_logprobs",
     "shifted_lm_loss",
     "stop_token_ids",
+    "target_index",
 ]
 
 IGNORE_INDEX = -100
@@ -47,28 +48,47 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def mean_target_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def target_index(labels: torch.Tensor) -> torch.Tensor:
+    """``(K, 2)`` (row, position) of every logit that predicts a target token (``labels != -100``).
+
+    Its size depends on the labels' values, so on a GPU tensor it makes the host wait: build it
+    where the labels still live on the host, before the batch moves (``CausalLMTask`` does, in
+    ``on_before_batch_transfer``), and pass it to :func:`mean_target_logprobs`.
+
+    Raises:
+        ValueError: a row without target tokens (an empty candidate, or one cut by ``max_length``).
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("a candidate has no target tokens (empty after tokenisation or cut by max_length)")
+    return mask.nonzero()
+
+
+def mean_target_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean log-probability of each row's target tokens (``labels != -100``), in float32.
 
-    Only the target positions' logits are normalised, so memory is O(targets × vocabulary).
+    Only the target positions' logits are normalised, so memory is O(targets × vocabulary). With
+    ``index`` given, nothing here depends on tensor values on the host: no sync.
 
     Args:
         logits: ``(N, L, V)`` next-token logits.
         labels: ``(N, L)`` target ids, ``-100`` elsewhere.
+        index: :func:`target_index` of ``labels``, built on the host; ``None`` builds it here (a host
+            sync when ``labels`` is on a GPU).
 
     Returns:
-        ``(N,)`` scores; a row without targets raises ``ValueError``.
+        ``(N,)`` scores; a row without targets raises ``ValueError`` (when ``index`` is built here).
     """
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a candidate has no target tokens (empty after tokenisation or cut by max_length)")
-    picked = logits[:, :-1][mask].float()  # (K, V): the positions that predict a target token
-    token_logprobs = picked.gather(1, targets[mask].unsqueeze(1)).squeeze(1) - torch.logsumexp(picked, dim=1)
-    rows = mask.nonzero()[:, 0]
+    if index is None:
+        index = target_index(labels)
+    rows, positions = index.to(logits.device).unbind(1)
+    picked = logits[rows, positions].float()  # (K, V): the positions that predict a target token
+    targets = labels[rows, positions + 1]
+    token_logprobs = picked.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(picked, dim=1)
     sums = torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logprobs)
-    return sums / counts
+    return sums / (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
 def shifted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
