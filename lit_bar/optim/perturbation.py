@@ -99,7 +99,9 @@ def _sqrt_bias_corrections(
     ``capturable``): β₂ᵗ = exp(t · ln β₂) is taken on that tensor's own device, and a CPU result
     enters the device division as a 0-d CPU scalar (a kernel argument, not a copy).
     """
-    counts = [t.to(dtype) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=dtype) for t in steps]
+    counts = [
+        t.to(dtype) if isinstance(t, torch.Tensor) else torch.full((), float(t), dtype=dtype) for t in steps
+    ]
     powers = torch._foreach_mul(counts, list(log_beta2))
     torch._foreach_exp_(powers)  # β₂ᵗ
     torch._foreach_neg_(powers)
