@@ -1,7 +1,15 @@
 """Lightning callbacks."""
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
+from lit_bar.callbacks.export import AdapterExport
 from lit_bar.callbacks.learning_rate import LearningRateMonitor
 from lit_bar.callbacks.monitor import BalancednessMonitor
+from lit_bar.callbacks.predictions import PredictionWriter
 
-__all__ = ["BalancednessCallback", "BalancednessMonitor", "LearningRateMonitor"]
+__all__ = [
+    "AdapterExport",
+    "BalancednessCallback",
+    "BalancednessMonitor",
+    "LearningRateMonitor",
+    "PredictionWriter",
+]

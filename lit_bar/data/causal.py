@@ -39,6 +39,7 @@ class _Example:
     continuations: list[str]
     gold: list[bool]
     references: list[str]
+    options: list[str]  # the candidates themselves (continuations are their formatted texts)
 
 
 class CandidateDataModule(TextDataModule):
@@ -188,7 +189,8 @@ class CandidateDataModule(TextDataModule):
         else:
             options = self.candidates or [row[c] for c in self.candidate_columns]
             gold = [i == row[self.label_column] for i in range(len(options))]
-        return _Example(prompt, [self._continuation(row, o) for o in options], gold, references)
+        continuations = [self._continuation(row, o) for o in options]
+        return _Example(prompt, continuations, gold, references, list(options))
 
     def _continuation(self, row: dict[str, Any], candidate: str) -> str:
         text = self.continuation(row, candidate=candidate)
@@ -233,6 +235,7 @@ class CandidateDataModule(TextDataModule):
         batch["example_index"] = torch.tensor(example_index)
         batch["candidate_index"] = torch.tensor(candidate_index)
         batch["gold"] = torch.tensor(gold, dtype=torch.bool)
+        batch["candidates"] = [ex.options for ex in examples]  # the raw candidate strings (predictions)
         batch["label"] = torch.tensor(
             [ex.gold.index(True) if any(ex.gold) else IGNORE_INDEX for ex in examples]
         )

@@ -145,9 +145,10 @@ class PromptFewShotDataModule(TextDataModule):
     @property
     @override
     def task_info(self) -> dict[str, Any]:
-        """Label word ids, the mask token id and the number of classes (checked against the tokenizer)."""
+        """Label words and their ids, the mask token id and the number of classes (tokenizer-checked)."""
         return {
             "label_word_ids": self.label_word_ids(),
+            "label_words": list(self.label_words),
             "mask_token_id": self.tokenizer.mask_token_id,
             "num_labels": len(self.label_words),
         }

@@ -32,6 +32,15 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 from typing_extensions import override
 
+from lit_bar.export import (
+    UNSAVED_HPARAMS,
+    as_lora_settings,
+    classification_rows,
+    drop_frozen_weights,
+    load_adapter,
+    lora_hparam,
+    restore_frozen_weights,
+)
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.language_model import (
     decode_continuations,
@@ -56,6 +65,8 @@ class CausalLMTask(SAMModule):
             ``generation``; informational here, the batches describe themselves.
         lora: LoRA settings (MeZO/paper: r=8, alpha=16 on ``[q_proj, v_proj]``); ``None`` trains
             every weight.
+        adapter_path: Restore a trained model from the ``adapter/`` folder ``lit-bar fit`` writes
+            (peft format), e.g. for ``lit-bar validate/test/predict``.
         max_new_tokens: Generation budget for generation tasks (SQuAD: 50).
         stop_at_newline: Stop generating at a newline and cut the answer there.
         trust_remote_code: Allow the checkpoint's own modelling code to run.
@@ -68,6 +79,7 @@ class CausalLMTask(SAMModule):
         model_name_or_path: str,
         task_info: dict[str, Any] | None = None,
         lora: LoraSettings | None = None,
+        adapter_path: str | None = None,
         max_new_tokens: int = 50,
         stop_at_newline: bool = True,
         trust_remote_code: bool = False,
@@ -75,13 +87,18 @@ class CausalLMTask(SAMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
+        self.hparams["lora"] = lora_hparam(lora)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         self.task_info = dict(task_info or {})
         self.max_new_tokens = max_new_tokens
         self.stop_at_newline = stop_at_newline
         model, self.tokenizer = load_causal_lm(model_name_or_path, trust_remote_code, model_kwargs)
-        self.model = apply_lora(model, lora).train()  # from_pretrained returns eval mode: dropout off
+        self.model = apply_lora(model, as_lora_settings(lora)).train()  # from_pretrained: eval mode
+        if adapter_path is not None:
+            load_adapter(self.model, adapter_path)
+        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
         self.accuracy = torch.nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
         self.squad = torch.nn.ModuleDict({stage: SQuAD() for stage in STAGES})
 
@@ -126,6 +143,37 @@ class CausalLMTask(SAMModule):
             answers = self.generate_answers(batch["prompt_ids"], batch["prompt_mask"])
             self.squad[stage].update(*squad_inputs(answers, batch["references"]))
         return loss
+
+    @override
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        """One row per example: the generated ``text`` (generation), or the chosen candidate's ``label``,
+        its text (``label_word`` for fixed candidates, ``candidate`` for per-example ones) and the
+        probabilities (softmax of the candidates' mean log-probabilities, the training objective's)."""
+        if "example_index" not in batch:
+            texts = self.generate_answers(batch["prompt_ids"], batch["prompt_mask"])
+            return [{"text": text} for text in texts]
+        rows = classification_rows(candidate_score_matrix(self.compute_outputs(batch), batch))
+        fixed = self.task_info.get("candidates")
+        for b, row in enumerate(rows):
+            if fixed:
+                row["label_word"] = fixed[row["label"]]
+            elif "candidates" in batch:
+                row["candidate"] = batch["candidates"][b][row["label"]]
+        return rows
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
+        super().on_save_checkpoint(checkpoint)
+        drop_frozen_weights(self, checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_frozen_weights(self, checkpoint)
+        self.weights_source = "checkpoint"
 
     @torch.no_grad()
     def generate_answers(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:

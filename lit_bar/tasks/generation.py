@@ -31,6 +31,14 @@ from torchmetrics.text import SacreBLEUScore
 from transformers.pytorch_utils import Conv1D
 from typing_extensions import override
 
+from lit_bar.export import (
+    UNSAVED_HPARAMS,
+    as_lora_settings,
+    drop_frozen_weights,
+    load_adapter,
+    lora_hparam,
+    restore_frozen_weights,
+)
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss
 from lit_bar.tasks.lora import LoraSettings, apply_lora
@@ -85,6 +93,9 @@ class DataToTextGenerator(SAMModule):
             trains every weight.
         split_qkv: Split GPT-2's fused ``c_attn`` into ``q_proj``/``k_proj``/``v_proj`` first, so
             LoRA on q and v makes separate pairs (see the module docstring).
+        adapter_path: Restore a trained model from the ``adapter/`` folder ``lit-bar fit`` writes
+            (peft format; a stock GPT-2 ``c_attn`` adapter is split into the q/v pairs), e.g. for
+            ``lit-bar validate/test/predict``.
         label_smoothing: Label smoothing of the training cross-entropy (paper: 0.1).
         num_beams: Beam width at evaluation (10).
         length_penalty: Beam-search length penalty (0.8).
@@ -100,6 +111,7 @@ class DataToTextGenerator(SAMModule):
         task_info: dict[str, Any] | None = None,
         lora: LoraSettings | None = None,
         split_qkv: bool = True,
+        adapter_path: str | None = None,
         label_smoothing: float = 0.1,
         num_beams: int = 10,
         length_penalty: float = 0.8,
@@ -109,6 +121,8 @@ class DataToTextGenerator(SAMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
+        self.hparams["lora"] = lora_hparam(lora)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         if num_beams < 1 or max_new_tokens < 1:
@@ -128,7 +142,10 @@ class DataToTextGenerator(SAMModule):
         model, self.tokenizer = load_causal_lm(model_name_or_path, trust_remote_code)
         if split_qkv and not split_fused_qkv(model):
             raise ValueError(f"split_qkv=True but {model_name_or_path!r} has no fused c_attn Conv1D to split")
-        self.model = apply_lora(model, lora).train()  # from_pretrained returns eval mode: dropout off
+        self.model = apply_lora(model, as_lora_settings(lora)).train()  # from_pretrained: eval mode
+        if adapter_path is not None:
+            load_adapter(self.model, adapter_path)
+        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
         self.bleu = nn.ModuleDict(
             {f"{stage}_{subset}": _bleu_metric() for stage in STAGES for subset in SUBSETS}
         )
@@ -155,6 +172,25 @@ class DataToTextGenerator(SAMModule):
                     [texts[i] for i in keep], [batch["references"][i] for i in keep]
                 )
         return loss
+
+    @override
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        """One row per input: the beam-search ``text``."""
+        return [{"text": text} for text in self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])]
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
+        super().on_save_checkpoint(checkpoint)
+        drop_frozen_weights(self, checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_frozen_weights(self, checkpoint)
+        self.weights_source = "checkpoint"
 
     @torch.no_grad()
     def generate_texts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:

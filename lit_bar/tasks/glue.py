@@ -15,6 +15,15 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from lit_bar.export import (
+    UNSAVED_HPARAMS,
+    as_lora_settings,
+    classification_rows,
+    drop_frozen_weights,
+    load_adapter,
+    lora_hparam,
+    restore_frozen_weights,
+)
 from lit_bar.hub import resolve_pretrained
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights
@@ -35,8 +44,12 @@ class SequenceClassifier(SAMModule):
         model_name_or_path: Local model folder or hub name (e.g. ``roberta-large``).
         task_info: From the data module (``num_labels``, ``test_splits``); linked by ``lit-bar``.
         lora: LoRA settings; ``None`` finetunes the whole model.
-        init_adapter: Start from these LoRA weights (a peft adapter folder or a lit-bar ``.ckpt``),
-            head excluded: microsoft/LoRA starts MRPC, RTE and STS-B from the MNLI adapter.
+        init_adapter: Start *training* from these LoRA weights (a peft adapter folder or a lit-bar
+            ``.ckpt``), head excluded: microsoft/LoRA starts MRPC, RTE and STS-B from the MNLI adapter.
+        adapter_path: Restore a *trained* model from the ``adapter/`` folder ``lit-bar fit`` writes
+            (peft format), head included, e.g. for ``lit-bar validate/test/predict``.
+        label_names: Class names by label id, written beside the ids by ``lit-bar predict``; ``None``
+            takes ``task_info["label_names"]``, else the backbone config's ``id2label``.
         metrics: Metric names (``accuracy``, ``f1``, ``matthews``; ``pearson``, ``spearman`` for
             regression); the first is the one to monitor. ``None``: accuracy, or Pearson/Spearman.
         trust_remote_code: Allow model code from the hub (off by default).
@@ -49,11 +62,21 @@ class SequenceClassifier(SAMModule):
         task_info: dict[str, Any] | None = None,
         lora: LoraSettings | None = _GLUE_LORA,
         init_adapter: str | None = None,
+        adapter_path: str | None = None,
+        label_names: list[str] | None = None,
         metrics: list[str] | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
+        self.hparams["lora"] = lora_hparam(lora)
+        lora = as_lora_settings(lora)
+        if init_adapter is not None and adapter_path is not None:
+            raise ValueError(
+                "give init_adapter (LoRA weights to start training from, head excluded) or adapter_path "
+                "(a trained adapter folder, head included), not both"
+            )
         info = dict(task_info or {})
         self.num_labels = int(info.get("num_labels", 2))
         self.test_splits = list(info.get("test_splits", ["test"]))
@@ -68,6 +91,10 @@ class SequenceClassifier(SAMModule):
             if lora is None:
                 raise ValueError("init_adapter needs LoRA (lora: null finetunes the whole model)")
             load_adapter_weights(self.model, init_adapter)
+        self.label_names = self._label_names(label_names or info.get("label_names"))
+        if adapter_path is not None:
+            load_adapter(self.model, adapter_path)
+        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
 
     def _load_backbone(self, name: str, trust_remote_code: bool) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -78,6 +105,19 @@ class SequenceClassifier(SAMModule):
             problem_type="regression" if self.num_labels == 1 else "single_label_classification",
             trust_remote_code=trust_remote_code,
         )
+
+    def _label_names(self, names: list[str] | None) -> list[str] | None:
+        """Class names by id (checked against ``num_labels``); ``None`` for regression."""
+        if self.num_labels == 1:
+            return None
+        if names is None:
+            id2label = self.model.config.id2label
+            return [str(id2label.get(i, i)) for i in range(self.num_labels)]
+        if len(names) != self.num_labels:
+            raise ValueError(
+                f"label_names {list(names)!r} has {len(names)} names for num_labels={self.num_labels}"
+            )
+        return [str(name) for name in names]
 
     # ----------------------------------------------------------------- what SAMModule asks for
     @override
@@ -124,3 +164,26 @@ class SequenceClassifier(SAMModule):
             {f"{prefix}{k}": m for k, m in metrics.items()}, batch_size=size, add_dataloader_idx=False
         )
         return loss
+
+    # ----------------------------------------------------------------- predict and checkpoints
+    @override
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        """One row per example: ``label``, ``label_name``, ``probabilities``; ``value`` for regression."""
+        outputs = self.compute_outputs(batch)
+        if self.num_labels == 1:
+            return [{"value": value} for value in outputs.float().tolist()]
+        return classification_rows(outputs, self.label_names, "label_name")
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
+        super().on_save_checkpoint(checkpoint)
+        drop_frozen_weights(self, checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_frozen_weights(self, checkpoint)
+        self.weights_source = "checkpoint"

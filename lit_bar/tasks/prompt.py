@@ -14,6 +14,15 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from lit_bar.export import (
+    UNSAVED_HPARAMS,
+    as_lora_settings,
+    classification_rows,
+    drop_frozen_weights,
+    load_adapter,
+    lora_hparam,
+    restore_frozen_weights,
+)
 from lit_bar.hub import resolve_pretrained
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.glue import MODEL_INPUTS
@@ -31,8 +40,10 @@ class PromptMLMClassifier(SAMModule):
     Args:
         model_name_or_path: Local model folder or hub name (e.g. ``roberta-large``); needs an MLM head.
         task_info: From :class:`lit_bar.data.PromptFewShotDataModule`: ``label_word_ids``,
-            ``mask_token_id``; linked by ``lit-bar``.
+            ``mask_token_id`` (and ``label_words``, named in predictions); linked by ``lit-bar``.
         lora: LoRA settings; ``None`` finetunes the whole model.
+        adapter_path: Restore a trained model from the ``adapter/`` folder ``lit-bar fit`` writes
+            (peft format), e.g. for ``lit-bar validate/test/predict``.
         trust_remote_code: Allow model code from the hub (off by default).
         **kwargs: :class:`lit_bar.SAMModule` arguments (optimizer, lr_scheduler, rho, ...).
     """
@@ -42,10 +53,13 @@ class PromptMLMClassifier(SAMModule):
         model_name_or_path: str,
         task_info: dict[str, Any] | None = None,
         lora: LoraSettings | None = _PROMPT_LORA,
+        adapter_path: str | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
+        self.hparams["lora"] = lora_hparam(lora)
         info = dict(task_info or {})
         if "label_word_ids" not in info or info.get("mask_token_id") is None:
             raise ValueError(
@@ -62,8 +76,12 @@ class PromptMLMClassifier(SAMModule):
         backbone = AutoModelForMaskedLM.from_pretrained(
             resolve_pretrained(model_name_or_path), trust_remote_code=trust_remote_code
         )
-        self.model = apply_lora(backbone, lora)
+        self.model = apply_lora(backbone, as_lora_settings(lora))
         self.model.train()  # from_pretrained returns eval mode, which Lightning keeps: no dropout otherwise
+        self.label_words = list(info["label_words"]) if info.get("label_words") else None
+        if adapter_path is not None:
+            load_adapter(self.model, adapter_path)
+        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
 
     @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,3 +113,23 @@ class PromptMLMClassifier(SAMModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(preds))
         self.log(f"{stage}/accuracy", metrics["accuracy"], prog_bar=True, batch_size=len(preds))
         return loss
+
+    # ----------------------------------------------------------------- predict and checkpoints
+    @override
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        """One row per example: ``label``, ``label_word`` (when the data names them), ``probabilities``."""
+        return classification_rows(self.compute_outputs(batch), self.label_words, "label_word")
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
+        super().on_save_checkpoint(checkpoint)
+        drop_frozen_weights(self, checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_frozen_weights(self, checkpoint)
+        self.weights_source = "checkpoint"

@@ -1,0 +1,107 @@
+"""``AdapterExport``: leave the trained adapter as a peft folder in the run's log directory after ``fit``.
+
+``lit-bar`` always has it (``configs/defaults.yaml``). At the end of ``fit`` it writes
+``<log_dir>/adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``, the task head
+included through ``modules_to_save``) with :func:`lit_bar.export.save_adapter`, from the best
+checkpoint when a ``ModelCheckpoint`` monitors a metric, else from the weights at the end of
+training. ``<log_dir>`` is ``trainer.log_dir``: the logger's version folder, or the Trainer's
+``default_root_dir`` without a logger. Open the folder with plain transformers + peft::
+
+    base = AutoModelForSequenceClassification.from_pretrained("roberta-large", num_labels=2)
+    model = PeftModel.from_pretrained(base, "outputs/lightning_logs/version_0/adapter")
+
+or hand it back to lit-bar: ``lit-bar test ... --model.init_args.adapter_path .../adapter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lit_bar.export import restore_frozen_weights, save_adapter, save_merged
+
+__all__ = ["AdapterExport"]
+
+
+class AdapterExport(Callback):
+    """Write ``<log_dir>/<dirname>/`` (peft ``save_pretrained`` format) at the end of ``fit``.
+
+    Modules without a peft ``model`` attribute (full finetuning, the toy problems) are skipped with one
+    message, unless ``merged_dirname`` asks for the full model.
+
+    Args:
+        dirname: Adapter folder name under the run's log directory.
+        merged_dirname: Also write the full model with the adapter merged in (``merge_and_unload``,
+            loadable without peft; GPT-2's split q/k/v fused back into ``c_attn``) under this name;
+            ``None`` writes no merged model.
+    """
+
+    def __init__(self, dirname: str = "adapter", merged_dirname: str | None = None) -> None:
+        for name, value in (("dirname", dirname), ("merged_dirname", merged_dirname)):
+            if value is not None and (not isinstance(value, str) or not value or Path(value).is_absolute()):
+                raise ValueError(f"{name} must be a non-empty relative folder name, got {value!r}")
+        self.dirname = dirname
+        self.merged_dirname = merged_dirname
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from peft import PeftModel
+
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
+        model = getattr(pl_module, "model", None)
+        has_adapter = isinstance(model, PeftModel)
+        if not has_adapter and (self.merged_dirname is None or not hasattr(model, "save_pretrained")):
+            rank_zero_info(f"AdapterExport: {type(pl_module).__name__} has no peft adapter; nothing exported")
+            return
+        source = best_checkpoint(trainer)
+        if not trainer.is_global_zero:
+            return
+        base = pl_module.hparams.get("model_name_or_path")
+        with checkpoint_weights(pl_module, source):
+            written = []
+            if has_adapter:
+                written.append(save_adapter(model, log_dir / self.dirname, base))
+            if self.merged_dirname is not None:
+                tokenizer = getattr(pl_module, "tokenizer", None)
+                written.append(save_merged(model, log_dir / self.merged_dirname, tokenizer))
+        origin = f"the best checkpoint {source}" if source else "the end of training"
+        rank_zero_info(f"AdapterExport: wrote {', '.join(map(str, written))} from {origin}")
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint of the first ``ModelCheckpoint`` that monitors a metric, else ``None``."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) is not None and getattr(callback, "best_model_path", ""):
+            return callback.best_model_path
+    return None
+
+
+@contextlib.contextmanager
+def checkpoint_weights(module: torch.nn.Module, path: str | None) -> Iterator[None]:
+    """Hold ``module`` at the weights of the Lightning checkpoint ``path`` for the duration (``None``: as is).
+
+    Only the tensors the checkpoint holds are swapped (frozen base weights, left out of lit-bar's
+    checkpoints, stay); the module's own values come back afterwards.
+    """
+    if path is None:
+        yield
+        return
+    checkpoint: dict[str, Any] = {
+        "state_dict": torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    }
+    held = set(checkpoint["state_dict"])
+    current = {k: v.detach().clone() for k, v in module.state_dict().items() if k in held}
+    restore_frozen_weights(module, checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    try:
+        yield
+    finally:
+        module.load_state_dict(current, strict=False)
