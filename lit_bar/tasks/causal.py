@@ -48,6 +48,7 @@ from lit_bar.tasks.language_model import (
     mean_target_logprobs,
     shifted_lm_loss,
     stop_token_ids,
+    target_index,
 )
 from lit_bar.tasks.lora import LoraSettings, apply_lora
 
@@ -113,16 +114,24 @@ class CausalLMTask(SAMModule):
 
     # ----------------------------------------------------------------- loss
     @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Find a scoring batch's target positions on the host, so the forward never waits for the GPU."""
+        if isinstance(batch, dict) and "example_index" in batch and "target_index" not in batch:
+            batch["target_index"] = target_index(batch["labels"])
+        return batch
+
+    @override
     def compute_outputs(self, batch: dict[str, Any]) -> torch.Tensor:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if "example_index" in batch:
-            return mean_target_logprobs(logits, batch["labels"])
+            return mean_target_logprobs(logits, batch["labels"], batch.get("target_index"))
         return logits
 
     @override
     def loss_from_outputs(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         if "example_index" in batch:
-            return F.cross_entropy(candidate_score_matrix(outputs, batch), batch["label"])
+            columns = len(batch["candidate_index"])  # N bounds the candidates: no host sync in the step
+            return F.cross_entropy(candidate_score_matrix(outputs, batch, columns), batch["label"])
         return shifted_lm_loss(outputs, batch["labels"])
 
     # ----------------------------------------------------------------- evaluation
@@ -200,9 +209,21 @@ class CausalLMTask(SAMModule):
         metric.reset()
 
 
-def candidate_score_matrix(scores: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    """(B, C_max) matrix of the (N,) candidate scores; ``-inf`` where an example has fewer candidates."""
-    shape = (len(batch["label"]), int(batch["candidate_index"].max()) + 1)
+def candidate_score_matrix(
+    scores: torch.Tensor, batch: dict[str, Any], columns: int | None = None
+) -> torch.Tensor:
+    """(B, C) matrix of the (N,) candidate scores; ``-inf`` where an example has no such candidate.
+
+    Args:
+        scores: ``(N,)`` candidate scores, one per row of the batch.
+        batch: The scoring batch (``label``, ``example_index``, ``candidate_index``).
+        columns: C. ``None``: the largest candidate count (C_max; reading it is a host sync on a GPU).
+            The training loss passes N, the number of rows, which bounds every example's count
+            without reading a tensor: the extra ``-inf`` columns add nothing to a softmax.
+    """
+    if columns is None:
+        columns = int(batch["candidate_index"].max()) + 1
+    shape = (len(batch["label"]), columns)
     matrix = torch.full(shape, float("-inf"), device=scores.device, dtype=scores.dtype)
     return matrix.index_put((batch["example_index"], batch["candidate_index"]), scores)
 

@@ -84,9 +84,23 @@ class PromptMLMClassifier(SAMModule):
         self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
 
     @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check on the host that every row holds exactly one ``<mask>`` (the forward cannot: no sync)."""
+        if isinstance(batch, dict) and "input_ids" in batch:
+            per_row = (batch["input_ids"] == self.mask_token_id).sum(dim=1)
+            if not bool((per_row == 1).all()):
+                raise ValueError(
+                    f"every prompt needs exactly one mask token (id {self.mask_token_id}); the rows hold "
+                    f"{per_row.tolist()} (a template without <mask>, or a prompt cut by max_length?)"
+                )
+        return batch
+
+    @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-word logits at the mask, ``(batch, num_labels)``."""
-        at_mask = batch["input_ids"] == self.mask_token_id  # one per row (the template has one <mask>)
+        ids = batch["input_ids"]
+        # the <mask> of each row (one per row: checked on the host); indices, not a boolean mask: no sync
+        at_mask = (torch.arange(ids.shape[0], device=ids.device), (ids == self.mask_token_id).int().argmax(1))
         head = self.model.get_output_embeddings()
         handle = head.register_forward_pre_hook(lambda _, args: (args[0][at_mask], *args[1:]))
         try:
