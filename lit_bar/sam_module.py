@@ -48,6 +48,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from typing_extensions import override
 
 from lit_bar.engine import PERTURBATIONS, SAMEngine
+from lit_bar.optim.groups import apply_lr_scales
 from lit_bar.optim.perturbation import global_norm, validate_precondition
 from lit_bar.optim.sam import validate_rho
 from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
@@ -199,7 +200,7 @@ class SAMModule(LightningModule):
             raise ValueError(
                 f"{type(self).__name__} has no trainable parameters (every requires_grad is False)"
             )
-        optimizer = self.optimizer(groups)
+        optimizer = apply_lr_scales(self.optimizer(groups))  # groups with "lr_scale" (LoRA+): lr × scale
         if self.precondition == "adam" and not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
             raise ValueError(
                 "precondition='adam' reads Adam's second moment, but the optimizer is "

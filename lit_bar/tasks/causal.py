@@ -38,7 +38,7 @@ from lit_bar.export import (
     classification_rows,
     drop_frozen_weights,
     load_adapter,
-    lora_hparam,
+    plain_hparams,
     restore_frozen_weights,
 )
 from lit_bar.sam_module import SAMModule
@@ -50,7 +50,7 @@ from lit_bar.tasks.language_model import (
     stop_token_ids,
     target_index,
 )
-from lit_bar.tasks.lora import LoraSettings, apply_lora
+from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
 
 __all__ = ["CausalLMTask", "candidate_score_matrix"]
 
@@ -89,7 +89,7 @@ class CausalLMTask(SAMModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
-        self.hparams["lora"] = lora_hparam(lora)
+        plain_hparams(self.hparams)  # LoraSettings as a dict, paths as str: weights_only loads them
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         self.task_info = dict(task_info or {})
@@ -119,6 +119,11 @@ class CausalLMTask(SAMModule):
         if isinstance(batch, dict) and "example_index" in batch and "target_index" not in batch:
             batch["target_index"] = target_index(batch["labels"])
         return batch
+
+    @override
+    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
+        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, Any]) -> torch.Tensor:

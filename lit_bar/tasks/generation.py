@@ -36,12 +36,12 @@ from lit_bar.export import (
     as_lora_settings,
     drop_frozen_weights,
     load_adapter,
-    lora_hparam,
+    plain_hparams,
     restore_frozen_weights,
 )
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss
-from lit_bar.tasks.lora import LoraSettings, apply_lora
+from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
 
 __all__ = ["SUBSETS", "DataToTextGenerator", "FusedQKVSplit", "split_fused_qkv"]
 
@@ -122,7 +122,7 @@ class DataToTextGenerator(SAMModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
-        self.hparams["lora"] = lora_hparam(lora)
+        plain_hparams(self.hparams)  # LoraSettings as a dict, paths as str: weights_only loads them
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         if num_beams < 1 or max_new_tokens < 1:
@@ -149,6 +149,11 @@ class DataToTextGenerator(SAMModule):
         self.bleu = nn.ModuleDict(
             {f"{stage}_{subset}": _bleu_metric() for stage in STAGES for subset in SUBSETS}
         )
+
+    @override
+    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
+        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -21,12 +21,12 @@ from lit_bar.export import (
     classification_rows,
     drop_frozen_weights,
     load_adapter,
-    lora_hparam,
+    plain_hparams,
     restore_frozen_weights,
 )
 from lit_bar.hub import resolve_pretrained
 from lit_bar.sam_module import SAMModule
-from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights
+from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights, lora_parameter_groups
 from lit_bar.tasks.metrics import build_metrics, default_metrics
 
 __all__ = ["MODEL_INPUTS", "SequenceClassifier"]
@@ -34,7 +34,9 @@ __all__ = ["MODEL_INPUTS", "SequenceClassifier"]
 #: Batch keys passed to the transformer; everything else (``labels``) is the module's.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
-_GLUE_LORA = LoraSettings(r=8, alpha=16.0, target_modules=["query", "value"], modules_to_save=["classifier"])
+_GLUE_LORA = LoraSettings(
+    r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]
+)
 
 
 class SequenceClassifier(SAMModule):
@@ -70,7 +72,7 @@ class SequenceClassifier(SAMModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
-        self.hparams["lora"] = lora_hparam(lora)
+        plain_hparams(self.hparams)  # LoraSettings as a dict, paths as str: weights_only loads them
         lora = as_lora_settings(lora)
         if init_adapter is not None and adapter_path is not None:
             raise ValueError(
@@ -120,6 +122,11 @@ class SequenceClassifier(SAMModule):
         return [str(name) for name in names]
 
     # ----------------------------------------------------------------- what SAMModule asks for
+    @override
+    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
+        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
+
     @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(batch, num_labels)``; scores ``(batch,)`` for regression."""

@@ -20,18 +20,18 @@ from lit_bar.export import (
     classification_rows,
     drop_frozen_weights,
     load_adapter,
-    lora_hparam,
+    plain_hparams,
     restore_frozen_weights,
 )
 from lit_bar.hub import resolve_pretrained
 from lit_bar.sam_module import SAMModule
 from lit_bar.tasks.glue import MODEL_INPUTS
-from lit_bar.tasks.lora import LoraSettings, apply_lora
+from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
 from lit_bar.tasks.metrics import build_metrics
 
 __all__ = ["PromptMLMClassifier"]
 
-_PROMPT_LORA = LoraSettings(r=8, alpha=16.0, target_modules=["query", "value"])
+_PROMPT_LORA = LoraSettings(r=8, lora_alpha=16, target_modules=["query", "value"])
 
 
 class PromptMLMClassifier(SAMModule):
@@ -59,7 +59,7 @@ class PromptMLMClassifier(SAMModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=UNSAVED_HPARAMS)
-        self.hparams["lora"] = lora_hparam(lora)
+        plain_hparams(self.hparams)  # LoraSettings as a dict, paths as str: weights_only loads them
         info = dict(task_info or {})
         if "label_word_ids" not in info or info.get("mask_token_id") is None:
             raise ValueError(
@@ -94,6 +94,11 @@ class PromptMLMClassifier(SAMModule):
                     f"{per_row.tolist()} (a template without <mask>, or a prompt cut by max_length?)"
                 )
         return batch
+
+    @override
+    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
+        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
