@@ -20,8 +20,8 @@
   deployment without peft.
 * :func:`drop_frozen_weights` / :func:`restore_frozen_weights` keep the frozen pretrained base out of
   Lightning checkpoints of LoRA runs (the base is reloaded from ``model_name_or_path`` when the module
-  is built, so resuming stays exact); :func:`lora_hparam` / :func:`as_lora_settings` store LoRA
-  settings as a plain dict, which ``torch.load(weights_only=True)`` accepts.
+  is built, so resuming stays exact); :func:`plain_hparams` / :func:`as_lora_settings` store LoRA
+  settings as a plain dict (and paths as strings), which ``torch.load(weights_only=True)`` accepts.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,7 @@ __all__ = [
     "classification_rows",
     "drop_frozen_weights",
     "load_adapter",
-    "lora_hparam",
+    "plain_hparams",
     "restore_frozen_weights",
     "save_adapter",
     "save_merged",
@@ -58,11 +59,26 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 # --------------------------------------------------------------------- hyperparameters and checkpoints
-def lora_hparam(lora: LoraSettings | dict[str, Any] | None) -> dict[str, Any] | None:
-    """LoRA settings as a plain dict (``dataclasses.asdict``) for ``hparams``; ``None`` stays ``None``."""
-    if lora is None or isinstance(lora, dict):
-        return lora
-    return dataclasses.asdict(lora)
+def plain_hparams(hparams: dict[str, Any]) -> None:
+    """Make ``hparams`` loadable by ``torch.load(weights_only=True)``, in place.
+
+    Dataclasses (:class:`LoraSettings`) become dicts (``dataclasses.asdict``), paths strings; lists,
+    tuples and dicts are converted item by item.
+    """
+    for key, value in hparams.items():
+        hparams[key] = _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def as_lora_settings(lora: LoraSettings | dict[str, Any] | None) -> LoraSettings | None:
