@@ -1,8 +1,10 @@
 """LightningModules for the toy problems NOP (Eq. 11) and OP (Eq. 12); see :mod:`lit_bar.toy.problems`.
 
 Both are :class:`lit_bar.SAMModule` subclasses: ``rho > 0`` trains with SAM, ``rho = 0`` with the
-base optimizer alone (SGD by default), and nBAR/oBAR come from adding
-``BalancednessCallback(pairs=module.pairs())``. The batch is the noise (``ToyNoiseDataModule``)::
+base optimizer alone (SGD by default), and nBAR/oBAR come from adding ``BalancednessCallback()``,
+which finds the pair through :meth:`factor_pairs` (``lit_bar.pairs.module_pairs``), so
+``configs/method/nbar.yaml`` composes with ``configs/toy/*.yaml`` as it is. The batch is the noise
+(``ToyNoiseDataModule``)::
 
     noise batch ──► compute_loss: ½‖x yᵀ − (A + α N)‖²   or   ½(xᵀy − (a + α n))²
     after each optimizer step: log toy/balancedness = ½(‖x‖² − ‖y‖²)   (Sec. 2.2)
@@ -51,9 +53,14 @@ class _FactorToy(SAMModule):
         self.x = nn.Parameter(x0)
         self.y = nn.Parameter(y0)
 
-    def pairs(self) -> list[FactorPair]:
-        """The scale-invariant pair (x, y), e.g. for ``BalancednessCallback(pairs=module.pairs())``."""
+    def factor_pairs(self) -> list[FactorPair]:
+        """The scale-invariant pair (x, y): what ``lit_bar.pairs.module_pairs`` (and so
+        ``BalancednessCallback``) uses for this module instead of searching for peft LoRA layers."""
         return [FactorPair("x|y", self.x, self.y)]
+
+    def pairs(self) -> list[FactorPair]:
+        """Same as :meth:`factor_pairs` (the name the toy scripts use)."""
+        return self.factor_pairs()
 
     @override
     def loss_from_outputs(self, outputs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -61,7 +68,7 @@ class _FactorToy(SAMModule):
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.log("toy/balancedness", balancedness(self.pairs())[0])
+        self.log("toy/balancedness", balancedness(self.factor_pairs())[0])
 
 
 class NOPModule(_FactorToy):
