@@ -197,7 +197,12 @@ class LightningClock(Callback):
 
 
 def run_lightning(
-    name: str, backbone: torch.nn.Module, batches: list, device: torch.device, clock: Clock
+    name: str,
+    backbone: torch.nn.Module,
+    batches: list,
+    device: torch.device,
+    clock: Clock,
+    precision: str = "32-true",
 ) -> None:
     kwargs, with_bar = LIGHTNING[name]
     module = BenchModule(backbone, optimizer=partial(torch.optim.AdamW, lr=LR), **kwargs)
@@ -207,6 +212,7 @@ def run_lightning(
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
+        precision=precision,
         max_steps=len(batches),
         logger=False,
         enable_checkpointing=False,
@@ -284,12 +290,22 @@ def run_hf(name: str, backbone: torch.nn.Module, batches: list, device: torch.de
 
 
 def run(
-    name: str, backbone: torch.nn.Module, batches: list, device: torch.device, warmup: int
+    name: str,
+    backbone: torch.nn.Module,
+    batches: list,
+    device: torch.device,
+    warmup: int,
+    precision: str = "32-true",
 ) -> dict[str, list[float]]:
-    """Train row ``name`` over ``batches``; the step times after the first ``warmup`` steps."""
+    """Train row ``name`` over ``batches``; the step times after the first ``warmup`` steps.
+
+    ``precision`` (a Lightning precision flag) applies to the Lightning rows only.
+    """
     clock = Clock(device)
+    if precision != "32-true" and name not in LIGHTNING:
+        raise ValueError(f"precision={precision!r} is implemented for the Lightning rows only, not {name!r}")
     if name in LIGHTNING:
-        run_lightning(name, backbone, batches, device, clock)
+        run_lightning(name, backbone, batches, device, clock, precision)
     elif name == "torch loop":
         run_torch_loop(backbone, batches, device, clock)
     elif name in HF_ROWS:
@@ -341,7 +357,13 @@ def _status_kib(field: str) -> int:
 
 
 def peak_memory(
-    name: str, objective: str, size: str, shape: tuple[int, int], steps: int, device_name: str
+    name: str,
+    objective: str,
+    size: str,
+    shape: tuple[int, int],
+    steps: int,
+    device_name: str,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """Peak memory of ``steps`` steps of row ``name`` in this (fresh) process, in MiB.
 
@@ -361,12 +383,13 @@ def peak_memory(
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
         before = _status_kib("VmRSS") * 1024
-    run(name, backbone, batches, device, warmup=0)
+    run(name, backbone, batches, device, warmup=0, precision=precision)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
     mib = 2.0**20
     return {
         "row": name,
         "objective": objective,
+        "precision": precision,
         "model": description,
         "measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)",
         "before_mib": before / mib,

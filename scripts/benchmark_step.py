@@ -56,7 +56,8 @@ TARGETS = [
     ("HF Trainer+nBAR", "HF Trainer", 1.02),
     ("HF SAMTrainer", "HF Trainer", 2.05),
 ]
-LM_MEMORY_ROWS = ["LM LoRA", "LM SAM", "LM FSAM"]
+#: causal-LM memory rows: "LM <Lightning row>[ bf16]" (bf16: Lightning's bf16-mixed precision)
+LM_MEMORY_ROWS = ["LM LoRA", "LM SAM", "LM FSAM", "LM SAM bf16", "LM FSAM bf16"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -256,9 +257,11 @@ def memory_in_subprocess(row: str, args: argparse.Namespace) -> dict[str, Any]:
 def memory_child(args: argparse.Namespace) -> None:
     row = args.memory_child
     objective, name = ("lm", row[len("LM ") :]) if row.startswith("LM ") else ("cls", row)
+    precision = "bf16-mixed" if name.endswith(" bf16") else "32-true"
+    name = name.removesuffix(" bf16")
     shape = tuple(args.lm_shape) if objective == "lm" else (args.batch, args.length)
     size = args.lm if objective == "lm" else args.model
-    result = peak_memory(name, objective, size, shape, args.memory_steps, args.device)
+    result = peak_memory(name, objective, size, shape, args.memory_steps, args.device, precision)
     print("MEMORY " + json.dumps({**result, "row": row}), flush=True)
 
 
