@@ -117,7 +117,7 @@ def test_prompt_mlm_adapter_opens_in_peft(folders, tmp_path: Path) -> None:
 def test_causal_lm_adapter_opens_in_peft(folders, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM as Auto
 
-    lora = LoraSettings(r=4, alpha=16.0, target_modules=["q_proj", "v_proj"])
+    lora = LoraSettings(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     module = _trained(CausalLMTask(folders["opt"], lora=lora))
     save_adapter(module.model, tmp_path / "adapter", folders["opt"])
     batch = _batch()
@@ -130,7 +130,7 @@ def test_causal_lm_adapter_opens_in_peft(folders, tmp_path: Path) -> None:
 
 
 def _gpt2(folder: str, **kwargs) -> DataToTextGenerator:
-    lora = LoraSettings(r=2, alpha=8.0, target_modules=["q_proj", "v_proj"])
+    lora = LoraSettings(r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     return DataToTextGenerator(folder, lora=lora, **kwargs)
 
 
@@ -151,9 +151,7 @@ def test_gpt2_split_qv_pairs_fuse_into_one_stock_c_attn_adapter(folders, tmp_pat
         ours = module.compute_outputs(batch)
         stock = _plain_peft(Auto, folders["gpt2"], tmp_path / "adapter")
         theirs = stock(**batch).logits
-        for (
-            layer
-        ) in stock.base_model.model.transformer.h:  # alpha left at 8: scaling alpha/2r, half the update
+        for layer in stock.base_model.model.transformer.h:  # lora_alpha left at 8: s = 8/2r, half the update
             layer.attn.c_attn.scaling["default"] = 8.0 / 4
         halved = stock(**batch).logits
     assert torch.allclose(ours, theirs, atol=TOL, rtol=0)
@@ -187,8 +185,10 @@ def test_adapter_path_splits_a_stock_gpt2_adapter(folders, tmp_path: Path) -> No
 def test_adapter_with_other_lora_settings_is_refused(folders, tmp_path: Path) -> None:
     """Same shapes, other alpha: loading would silently scale the update, so it is an error."""
     save_adapter(_trained(SequenceClassifier(folders["roberta"])).model, tmp_path / "a", folders["roberta"])
-    other = LoraSettings(r=8, alpha=32.0, target_modules=["query", "value"], modules_to_save=["classifier"])
-    with pytest.raises(ValueError, match=r"lora_alpha: adapter 16\.0, model 32\.0"):
+    other = LoraSettings(
+        r=8, lora_alpha=32, target_modules=["query", "value"], modules_to_save=["classifier"]
+    )
+    with pytest.raises(ValueError, match="lora_alpha: adapter 16, model 32"):
         SequenceClassifier(folders["roberta"], lora=other, adapter_path=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="not a peft adapter folder"):
         load_adapter(SequenceClassifier(folders["roberta"]).model, tmp_path)
