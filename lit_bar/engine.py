@@ -341,7 +341,8 @@ class SAMEngine:
             if seed is None:
                 raise ValueError(
                     "perturbation='functional': the loss does not depend on the outputs the front end "
-                    "returned, so there is no ∂L/∂f to seed the descent pass with"
+                    "returned, so there is no ∂L/∂f to seed the descent pass with (were the outputs "
+                    "converted after the loss was computed from them, as accelerate does under fp16/bf16?)"
                 )
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
         return loss.detach(), grads, seed

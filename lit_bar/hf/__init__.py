@@ -1,0 +1,22 @@
+"""lit_bar inside the transformers ``Trainer``: :class:`SAMTrainer` (SAM step) and its callbacks.
+
+transformers is imported on first use of a name from here, so ``import lit_bar`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SAMTrainer"]
+
+_LAZY = {
+    "SAMTrainer": "lit_bar.hf.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lit_bar.hf' has no attribute {name!r}")

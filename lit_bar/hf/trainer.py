@@ -1,0 +1,213 @@
+"""``SAMTrainer``: the transformers ``Trainer`` whose training step is lit_bar's SAM step.
+
+How micro-batches arrive (transformers 5.x, ``Trainer._run_epoch``, read in ``trainer.py``): for
+each optimizer step the loop prefetches the window's k batches with ``get_batch_samples``, which
+also counts ``num_items_in_batch`` (the non-ignored labels of all k, summed over processes with
+``average_tokens_across_devices``), then calls ``training_step(model, inputs, num_items_in_batch)``
+once per micro-batch: ``accelerator.gradient_state.sync_gradients`` is true only for the last one,
+the others run inside ``accelerator.no_sync(model)``. The stock step backpropagates
+``compute_loss(...)`` through ``accelerator.backward`` (loss-scaled under fp16), divided by
+``current_gradient_accumulation_steps`` unless the loss is already normalised by
+``num_items_in_batch``. After the last micro-batch the loop clips (``accelerator.clip_grad_norm_``
+unscales first), calls ``on_pre_optimizer_step``, ``optimizer.step()`` (skipped by the scaler on
+non-finite gradients), the scheduler and ``zero_grad``.
+
+``SAMTrainer.training_step`` hands each micro-batch to :class:`lit_bar.engine.SAMEngine` with that
+same loss and weight, so it perturbs exactly what the Trainer optimizes::
+
+    micro-batches 1..k−1   ascent only: g += ∇(w_i L_i) (autograd.grad, no all-reduce)
+    micro-batch k          ascent; all-reduce g once (several processes); w += ε;
+                           descent over all k with their ascent's dropout masks (no_sync but the
+                           last); w ← exact saved copy
+    then the Trainer       clip, on_pre_optimizer_step, optimizer.step() on the descent gradient
+
+With ``m`` each chunk of m examples of each micro-batch is perturbed on its own. fp16 (GradScaler)
+and bf16 come from accelerate; the engine uses the scaler for its ascent and seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import Trainer
+from typing_extensions import override
+
+from lit_bar.engine import SAMEngine
+
+__all__ = ["SAMTrainer"]
+
+#: Names of the engine's statistics in the Trainer's logs (its own ``grad_norm`` is the descent's).
+LOG_NAMES = {"grad_norm": "ascent_grad_norm", "sharpness": "sharpness"}
+
+
+class SAMTrainer(Trainer):
+    """A ``transformers.Trainer`` whose training step is SAM (ALGORITHMS.md §2, §5).
+
+    Args:
+        *args: The ``Trainer``'s arguments (model, args, datasets, collator, ...).
+        rho: SAM radius ρ ≥ 0; 0 trains exactly as the plain ``Trainer``.
+        adaptive: Adaptive SAM (ASAM): ε = ρ T² g/‖T g‖, T = |w| on weight matrices.
+        perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM: the descent pass backpropagates
+            the model's ``logits`` at w + ε seeded with the clean ∂L/∂logits; the loss must be a
+            function of the returned ``logits``).
+        precondition: ``None``, or ``"adam"``: ε ∝ P g with the Adam/AdamW optimizer's preconditioner.
+        m: m-sharpness: each chunk of ``m`` examples of a micro-batch gets its own ε; ``None``
+            perturbs the whole optimizer step's batch (all micro-batches, all processes) at once.
+        **kwargs: The ``Trainer``'s keyword arguments.
+
+    Logs, on the Trainer's logging steps, ``ascent_grad_norm`` (‖mean ascent gradient‖ over all
+    micro-batches and processes, unscaled) and ``sharpness`` (L(w + ε) − L(w), ``"sam"`` only)
+    beside the Trainer's ``loss`` and ``grad_norm`` (the descent gradient's, before clipping).
+
+    Raises:
+        ValueError: For a bad SAM argument, or with DeepSpeed, FSDP or ``DataParallel`` (several
+            GPUs in one process), which the step does not support.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        perturbation: Literal["sam", "functional"] = "sam",
+        precondition: Literal["adam"] | None = None,
+        m: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.sam_engine = SAMEngine(rho, adaptive, m, perturbation, precondition)  # validates first
+        super().__init__(*args, **kwargs)
+        self._sam_stats: dict[str, torch.Tensor] = {}
+        unsupported = {
+            "DeepSpeed": self.is_deepspeed_enabled,
+            "FSDP": self.is_fsdp_enabled,
+            f"DataParallel over {self.args.n_gpu} GPUs in one process": self.args.n_gpu > 1,
+        }
+        for name, enabled in unsupported.items():
+            if enabled:
+                raise ValueError(
+                    f"SAMTrainer does not support {name}: use one process per device (DDP: "
+                    "`accelerate launch` or `torchrun`), with or without fp16/bf16"
+                )
+
+    @override
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.sam_engine.precondition == "adam":
+            base = getattr(optimizer, "optimizer", optimizer)
+            if not isinstance(base, torch.optim.Adam | torch.optim.AdamW):
+                raise ValueError(
+                    f"precondition='adam' reads Adam's second moment, but the optimizer is "
+                    f"{type(base).__name__}; use optim='adamw_torch' (or another torch Adam/AdamW), "
+                    "or precondition=None"
+                )
+        return optimizer
+
+    @override
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """One micro-batch of the SAM step; returns its loss normalised as the Trainer's own step does."""
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        inputs = dict(self._prepare_inputs(inputs))  # a dict: m-chunks slice every tensor in it
+        normalised = self._loss_is_normalised(num_items_in_batch)
+        weight = 1.0 if normalised else 1.0 / self.current_gradient_accumulation_steps
+        last = bool(self.accelerator.gradient_state.sync_gradients)
+        logging = self._is_logging_step()
+        base = getattr(self.optimizer, "optimizer", self.optimizer)
+        loss = self.sam_engine.micro_step(
+            _TrainerFrontEnd(self, model, num_items_in_batch),
+            inputs,
+            [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad],
+            weight,
+            last,
+            optimizer=base if self.sam_engine.precondition else None,
+            module=model,
+            logging=logging,
+            mean_loss=not (normalised and num_items_in_batch is not None),
+        )
+        if last and logging:
+            self._sam_stats = {k: v for k, v in self.sam_engine.stats().items() if k in LOG_NAMES}
+        return (loss * weight).detach()
+
+    @override
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the last step's SAM statistics to a training log (one device→host copy)."""
+        stats, self._sam_stats = self._sam_stats, {}
+        if "loss" in logs and stats:
+            values = torch.stack([v.detach().to(torch.float64) for v in stats.values()])
+            if self.accelerator.num_processes > 1:  # sharpness is per process: report the mean
+                values = self.accelerator.reduce(values, reduction="mean")
+            for name, value in zip(stats, values.tolist(), strict=True):
+                logs[LOG_NAMES[name]] = value
+        super().log(logs, start_time)
+
+    def _loss_is_normalised(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """Whether ``compute_loss`` is already normalised over the window (the Trainer's own test)."""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        by_count = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        return bool(by_count or self.compute_loss_func is not None)
+
+    def _is_logging_step(self) -> bool:
+        """Whether the optimizer step in progress will be logged (``DefaultFlowCallback``'s rule)."""
+        args, step = self.args, self.state.global_step + 1
+        if args.logging_first_step and step == 1:
+            return True
+        strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+        if strategy == "steps":
+            return step % max(int(self.state.logging_steps), 1) == 0
+        return strategy == "epoch"  # known only at the epoch's end: keep the (cheap) device statistics
+
+
+class _TrainerFrontEnd:
+    """:class:`lit_bar.engine.FrontEnd` over a ``Trainer``: its ``compute_loss`` and accelerate."""
+
+    def __init__(
+        self, trainer: Trainer, model: nn.Module, num_items_in_batch: torch.Tensor | int | None
+    ) -> None:
+        self.trainer, self.model, self.num_items_in_batch = trainer, model, num_items_in_batch
+        self.world_size = trainer.accelerator.num_processes
+
+    def _compute(self, batch: dict[str, Any], return_outputs: bool) -> Any:
+        with self.trainer.compute_loss_context_manager():  # compute_loss may pop "labels": a copy
+            return self.trainer.compute_loss(
+                self.model,
+                copy.copy(batch),
+                return_outputs=return_outputs,
+                num_items_in_batch=self.num_items_in_batch,
+            )
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self._compute(batch, return_outputs=False)
+
+    def loss_and_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, outputs = self._compute(batch, return_outputs=True)
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            raise ValueError(
+                "perturbation='functional' needs the model's outputs to hold 'logits' (the tensor the loss "
+                f"is a function of); got {type(outputs).__name__}"
+            )
+        return loss, logits
+
+    def outputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.loss_and_outputs(batch)[1]
+
+    def scale(self, tensor: torch.Tensor) -> torch.Tensor:
+        scaler = self.trainer.accelerator.scaler
+        return scaler.scale(tensor) if scaler is not None else tensor
+
+    def backward(self, tensor: torch.Tensor, gradient: torch.Tensor | None = None) -> None:
+        if gradient is None:
+            self.trainer.accelerator.backward(tensor)  # loss-scaled under fp16
+        else:
+            tensor.backward(gradient=gradient)  # the seed carries the loss scale already
+
+    def no_sync(self) -> Any:
+        return self.trainer.accelerator.no_sync(self.model)
