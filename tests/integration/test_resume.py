@@ -9,7 +9,9 @@ from the run's length: the Lightning #20550 trap) and nBAR a linear μ decay (si
 What the wrong answers measure (max |difference| of the final tensors, seed 7): before the fix,
 resuming after micro-batch 2 of 8 differed by 0.042 (SAM) and 0.048 (nBAR), mid-window by 0.030,
 through the CLI by 1.2e-4 (resumed at step 6 of 8); with the fix but without restoring the partial
-window, 4.7e-3 (SAM) / 4.0e-3 (nBAR); without restoring the RNG states, 4.3e-3 / 4.2e-3.
+window, 4.7e-3 (SAM) / 4.0e-3 (nBAR); without restoring the RNG states, 4.3e-3 / 4.2e-3; with the
+run length read by ``trainer.estimated_stepping_batches`` alone (the early loader kept, its saved
+position dropped), 4.3e-3 / 4.5e-3 from the mid-epoch-2 checkpoint.
 """
 
 from __future__ import annotations
