@@ -45,7 +45,15 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["HOST_COPY_OPS", "SYNC_OPS", "SyncCounter", "SyncSite", "issuing_site", "owner_of"]
+__all__ = [
+    "HOST_COPY_OPS",
+    "HOST_SIDE_FUNCTIONS",
+    "SYNC_OPS",
+    "SyncCounter",
+    "SyncSite",
+    "issuing_site",
+    "owner_of",
+]
 
 _aten = torch.ops.aten
 
@@ -94,9 +102,12 @@ _PLUMBING = (
     "torch/autograd/graph.py",
     "torch/autograd/grad_mode.py",
     "contextlib.py",
+    "/warnings.py",
 )
 _SITE_DIRS = ("site-packages/", "dist-packages/")
 _OWNER_ALIASES = {"lightning_fabric": "lightning", "pytorch_lightning": "lightning"}
+#: Lightning hooks that run on the host-side batch before it moves to the device: their ops never wait.
+HOST_SIDE_FUNCTIONS = frozenset({"on_before_batch_transfer"})
 _TRACEBACK_LINE = re.compile(r'File "(?P<file>.+)", line (?P<line>\d+), in (?P<function>.+)')
 
 
@@ -106,7 +117,9 @@ class SyncSite:
 
     Attributes:
         op: The aten overload, e.g. ``"aten._local_scalar_dense.default"``.
-        kind: ``"sync"`` (the host waits for the device) or ``"host_copy"`` (a host-to-device copy).
+        kind: ``"sync"`` (the host waits for the device), ``"host_copy"`` (a host-to-device copy), or
+            ``"host_side"``: one of those ops issued inside a hook that works on the host-side batch
+            before it moves (:data:`HOST_SIDE_FUNCTIONS`), which costs no device wait.
         owner: ``"lit_bar"``, a library's top-level package (``"torch"``, ``"transformers"``, ...),
             ``"autograd"`` (a backward op, ``trace_backward=False``) or ``"other"``.
         file: The issuing frame's file.
@@ -285,6 +298,8 @@ class SyncCounter(TorchDispatchMode):
         else:
             frames = list(_python_frames(sys._getframe(2)))
         (file, line, function), lit_bar_frame = issuing_site(frames)
+        if any(name in HOST_SIDE_FUNCTIONS for _, _, name in frames):
+            kind = "host_side"
         stack = tuple(f"{_short(f)}:{n} ({fn})" for f, n, fn in frames) if self.keep_stacks else ()
         return SyncSite(op, kind, owner_of(file), file, line, function, self.phase, lit_bar_frame, stack)
 

@@ -1,0 +1,37 @@
+"""``scripts/gpu_check.py --size tiny`` runs on CPU: every row trains, syncs are attributed, none to lit_bar.
+
+On CPU the script counts syncs with ``lit_bar.syncs.SyncCounter`` (no GPU result is claimed: the table
+says "CPU"); the fp16 skip-step check runs on CPU too when asked (``--fp16-skip-check``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def test_gpu_check_tiny_runs_on_cpu_and_charges_no_sync_to_lit_bar(tmp_path, monkeypatch, capsys):
+    import gpu_check
+
+    monkeypatch.setattr("sys.argv", ["gpu_check.py"])
+    out = tmp_path / "check.json"
+    status = gpu_check.main(
+        ["--size", "tiny", "--steps", "2", "--warmup", "1", "--fp16-skip-check", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert report["device"].startswith("CPU")
+    assert [r["method"] for r in report["rows"]] == ["LoRA", "LoRA-nBAR", "SAM", "FSAM", "PSAM"]
+    for row in report["rows"]:
+        assert row["step_ms"] > 0 and row["peak_gib"] is None
+        assert "lit_bar" not in row["syncs_per_step"], row["sync_sites"]
+        # the model's own SDPA mask check, once per forward: two forwards per SAM step, one otherwise
+        forwards = 1 if row["method"].startswith("LoRA") else 2
+        assert row["syncs_per_step"]["transformers"] == forwards, row["sync_sites"]
+    assert report["fp16_skip"]["ok"] and report["fp16_skip"]["max_param_change"] == 0.0
+    assert "| LoRA-nBAR | 32-true |" in printed and "lit_bar syncs per step (all rows): 0; OK" in printed
