@@ -7,9 +7,9 @@ Every run goes through ``lightning.pytorch.Trainer(...).fit(module, datamodule)`
     python scripts/reproduce_toy.py --out /tmp/toy_out            # full run (η=1e-3, ρ=0.5, 2500 steps)
     python scripts/reproduce_toy.py --out /tmp/toy_quick --quick  # smoke run, ~1-2 minutes on CPU
 
-Writes ``OUT/balancedness.csv`` (problem,method,snr,step,balancedness; ``snr`` holds the noise
-scale α, larger = noisier), ``OUT/summary.csv`` (|B_T|/|B_0| and seconds per run) and the PNGs
-``fig1a_nop_sgd_vs_sam.png``, ``fig1b_op_sgd_vs_sam.png``, ``fig2a_sam_snr.png``,
+Writes ``OUT/balancedness.csv`` (problem,method,alpha,step,balancedness; ``alpha`` is the noise
+scale α, larger = noisier, i.e. a lower SNR), ``OUT/summary.csv`` (|B_T|/|B_0| and seconds per run)
+and the PNGs ``fig1a_nop_sgd_vs_sam.png``, ``fig1b_op_sgd_vs_sam.png``, ``fig2a_sam_by_alpha.png``,
 ``fig2b_bar_vs_sam.png``.
 """
 
@@ -103,7 +103,7 @@ def plot_figures(
     )
     b0 = abs(next(iter(results.values()))[1][0])
     subtitle = (
-        "SNR knob α: data = signal + α·noise (larger α = lower SNR)\n"
+        "noise scale α: data = signal + α·noise (larger α = noisier, lower SNR)\n"
         f"SGD η={cfg.lr:g}, SAM ρ={cfg.rho:g}, BAR μ={cfg.mu:g} (constant), d={cfg.dim}, |B_0|={b0:.3g}"
     )
 
@@ -143,9 +143,9 @@ def plot_figures(
         panel(
             ax,
             [(problem, "sam", a, "-", f"SAM, {alpha_label(a)}") for a in cfg.alphas],
-            f"Fig. 2(a): SAM on {problem.upper()} at several SNRs",
+            f"Fig. 2(a): SAM on {problem.upper()} at several noise scales α",
         )
-    save(fig, "fig2a_sam_snr.png")
+    save(fig, "fig2a_sam_by_alpha.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
     for ax, (problem, bar) in zip(axes, (("nop", "nbar"), ("op", "obar")), strict=True):
@@ -207,14 +207,14 @@ def main() -> None:
 
     with open(args.out / "balancedness.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["problem", "method", "snr", "step", "balancedness"])
+        writer.writerow(["problem", "method", "alpha", "step", "balancedness"])
         for (problem, method, alpha), (steps, values) in results.items():
             writer.writerows(
                 (problem, method, alpha, s, f"{v:.6g}") for s, v in zip(steps, values, strict=True)
             )
     with open(args.out / "summary.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["problem", "method", "snr", "steps", "abs_ratio_final", "seconds"])
+        writer.writerow(["problem", "method", "alpha", "steps", "abs_ratio_final", "seconds"])
         writer.writerows(summary)
     plot_figures(results, cfg, args.out)
     print(f"{len(summary)} runs in {time.perf_counter() - total:.0f} s; wrote {args.out}")
