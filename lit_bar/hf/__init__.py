@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SAMTrainer"]
+__all__ = ["BalancednessTrainerCallback", "SAMTrainer"]
 
 _LAZY = {
+    "BalancednessTrainerCallback": "lit_bar.hf.callback",
     "SAMTrainer": "lit_bar.hf.trainer",
 }
 
