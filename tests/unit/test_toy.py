@@ -40,11 +40,27 @@ def test_op_loss_and_gradient_match_closed_form():
     torch.testing.assert_close(grad_y, r.mean() * x)
 
 
-def test_loss_has_no_randomness_of_its_own():
-    """Both SAM passes must see the same sample: the noise comes only from the batch."""
-    module = NOPModule(alpha=2.0)
-    noise = torch.randn(1, 10, 10)
-    torch.testing.assert_close(module.compute_loss(noise), module.compute_loss(noise), rtol=0, atol=0)
+@pytest.mark.parametrize("cls", [NOPModule, OPModule])
+def test_loss_has_no_randomness_of_its_own(cls):
+    """Both SAM passes must see the same sample: the noise comes only from the batch.
+
+    The global RNG is re-seeded differently before each call (a loss drawing its own noise would
+    change), and each value is the closed form ½‖f − (target + α N)‖² of the batch given (a loss
+    using noise of its own, fixed or not, would not match it for two different batches).
+    """
+    module = cls(alpha=2.0)
+    x, y = module.x.detach(), module.y.detach()
+    f = torch.outer(x, y) if cls is NOPModule else (x * y).sum()
+    shape = (1, 10, 10) if cls is NOPModule else (1,)
+    for seed in (0, 1):
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(10 + seed))
+        values = []
+        for global_seed in (seed, seed + 100):
+            torch.manual_seed(global_seed)
+            values.append(module.compute_loss(noise).detach())
+        assert values[0] == values[1]
+        expected = 0.5 * (f - (module.target + 2.0 * noise[0])).square().sum()
+        torch.testing.assert_close(values[0], expected)
 
 
 @pytest.mark.parametrize("cls", [NOPModule, OPModule])
