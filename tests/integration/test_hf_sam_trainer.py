@@ -196,3 +196,125 @@ def test_adam_preconditioning_with_sgd_raises(tmp_path):
             train_dataset=Rows(x, y),
             precondition="adam",
         ).create_optimizer()
+
+
+# ------------------------------------------------------------------ causal LM: num_items_in_batch
+def tiny_opt() -> nn.Module:
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=16, hidden_size=8, num_hidden_layers=1, ffn_dim=16, num_attention_heads=2,
+        word_embed_proj_dim=8, max_position_embeddings=16, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    return OPTForCausalLM(config).to(torch.float64)
+
+
+class Tokens(Dataset):
+    """Rows of 6 token ids; row i ignores (-100) its first i % 4 label positions, so micro-batches
+    hold different numbers of predicted tokens."""
+
+    def __init__(self, n: int) -> None:
+        gen = torch.Generator().manual_seed(3)
+        self.ids = torch.randint(0, 16, (n, 6), generator=gen)
+        self.labels = self.ids.clone()
+        for i in range(n):
+            self.labels[i, : 1 + i % 4] = -100
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def token_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ over predicted tokens of −log p(next token): the causal shift written out by hand."""
+    logits = model(input_ids=ids).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
+
+
+def hand_causal_sam(data: Tokens, rho: float, per_micro_batch_mean: bool = False) -> list[torch.Tensor]:
+    """SAM on L = Σ_tokens CE / (number of predicted tokens in the whole window) (transformers'
+    ``num_items_in_batch`` normalisation); ``per_micro_batch_mean``: the mean of micro-batch means."""
+    model = tiny_opt()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+
+    def window_gradient(rows: range) -> list[torch.Tensor]:
+        micro = [rows[:2], rows[2:]]
+        count = sum(int((data.labels[r, 1:] != -100).sum()) for r in rows)
+        loss = 0.0
+        for mb in micro:
+            ids, labels = data.ids[list(mb)], data.labels[list(mb)]
+            tokens = int((labels[:, 1:] != -100).sum())
+            loss = loss + token_loss_sum(model, ids, labels) / (tokens * 2 if per_micro_batch_mean else count)
+        return list(torch.autograd.grad(loss, params))
+
+    for step in range(len(data) // 4):
+        rows = range(4 * step, 4 * step + 4)
+        g = window_gradient(rows)
+        norm = torch.sqrt(sum((t**2).sum() for t in g))
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, t in zip(params, g, strict=True):
+                p.add_(rho * t / norm)
+        descent = window_gradient(rows)
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+        for p, d in zip(params, descent, strict=True):
+            p.grad = d
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return [p.detach() for p in params]
+
+
+def test_causal_lm_loss_is_normalised_by_the_windows_token_count(tmp_path):
+    data = Tokens(8)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        max_steps=2, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+        optim="adamw_torch", train_sampling_strategy="sequential", save_strategy="no", report_to=[],
+        use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    model, plain = tiny_opt(), tiny_opt()
+    trainer = SAMTrainer(model=model, args=args, train_dataset=data, rho=RHO)
+    assert trainer.model_accepts_loss_kwargs  # the Trainer passes num_items_in_batch to the model
+    trainer.train()
+    Trainer(model=plain, args=args, train_dataset=data).train()
+    expected = hand_causal_sam(data, RHO)
+    per_micro_mean = hand_causal_sam(data, RHO, per_micro_batch_mean=True)
+    assert max_diff(expected, per_micro_mean) > 1e-4  # the normalisation matters here
+    assert max_diff(expected, params(plain)) > 1e-4  # and so does SAM
+    # transformers' causal LM loss runs in float32 (logits.float()), hence 1e-6, not float64's 1e-10
+    torch.testing.assert_close(params(model), expected, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ DDP through accelerate
+def test_two_process_ddp_equals_hand_sam_on_the_global_batch(tmp_path):
+    """torchrun, 2 CPU processes (gloo): each step's 16 rows (2 processes × 2 micro-batches × 4) give
+    one ε from their mean gradient, with one all-reduce per optimizer step (none in other micro-batches)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import hf_ddp_script
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(Path(hf_ddp_script.__file__)), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert max_diff(rank0["params"], rank1["params"]) == 0, "ranks must hold identical parameters"
+    x, y = make_data(16 * hf_ddp_script.STEPS)
+    ref, one_device = make_net(), make_net()
+    hand_sam(ref, adamw(LR, weight_decay=0.0), batches(x, y, 16), hf_ddp_script.RHO)
+    hand_sam(one_device, adamw(LR, weight_decay=0.0), batches(x, y, 8), hf_ddp_script.RHO)
+    assert max_diff(params(ref), params(one_device)) > 1e-3  # a per-process ε would be far off
+    torch.testing.assert_close(rank0["params"], params(ref), atol=1e-10, rtol=0)
+    assert rank0["calls"] == rank1["calls"] == [0, 1] * hf_ddp_script.STEPS
+    assert len(rank0["norms"]) == hf_ddp_script.STEPS and rank0["norms"] == rank1["norms"]
+    net = make_net()  # ascent_grad_norm of step 1: ‖mean gradient of the 16 rows‖, not 2× (a sum)
+    grad = torch.autograd.grad(F.mse_loss(net(x[:16]), y[:16]), list(net.parameters()))
+    assert rank0["norms"][0] == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in grad))), rel=1e-9)
