@@ -84,6 +84,8 @@ def _plain(value: Any) -> Any:
 def as_lora_settings(lora: LoraSettings | dict[str, Any] | None) -> LoraSettings | None:
     """:class:`LoraSettings` from a dict (as ``load_from_checkpoint`` passes the saved hparam) or as is.
 
+    The dict holds the fields, or LightningCLI's ``{"class_path": ..., "init_args": {fields}}``.
+
     Raises:
         ValueError: ``lora`` is neither ``None``, a ``LoraSettings`` nor a dict of its fields.
     """
@@ -92,7 +94,7 @@ def as_lora_settings(lora: LoraSettings | dict[str, Any] | None) -> LoraSettings
     if lora is None or isinstance(lora, LoraSettings):
         return lora
     if isinstance(lora, dict):
-        return LoraSettings(**lora)
+        return LoraSettings(**(lora.get("init_args", {}) if "class_path" in lora else lora))
     raise ValueError(f"lora must be LoraSettings, a dict of its fields or None, got {type(lora).__name__}")
 
 
