@@ -237,15 +237,16 @@ def run_lora(rank: int, method: str, seed: int, sweep: Sweep, data_dir: Path) ->
 
 
 # ----------------------------------------------------------------------------- output
-def t_quantile_975(df: int) -> float:
+def t_quantile_975(df: float) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom (Cornish-Fisher, |error| < 0.004).
 
-    Exact table values for df 1 and 2, where the expansion is poor; no scipy needed.
+    Table values below df = 3, where the expansion is poor (a fractional df is rounded down there,
+    the conservative side); no scipy needed.
     """
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= 2:
-        return (12.7062, 4.3027)[df - 1]
+    if df < 3:
+        return (12.7062, 4.3027)[int(df) - 1]
     z = 1.959963984540054
     terms = (
         (z**3 + z) / 4,
@@ -285,15 +286,19 @@ def summary(rows: list[dict[str, Any]], part: str, method: str) -> list[str]:
         lines.append(
             f"  size {size:>5}: n={len(by_seed):>2}  {mean:+.2f} ± {half:.2f}  (CI width {2 * half:.2f})"
         )
-    if len(gaps) > 1:
-        first, last = gaps[min(gaps)], gaps[max(gaps)]
-        trend = [100 * (last[s] - first[s]) for s in sorted(set(first) & set(last))]
-        if trend:
-            mean, half = mean_ci(trend)
-            lines.append(
-                f"  trend size {max(gaps)} − size {min(gaps)}: n={len(trend)}  {mean:+.2f} ± {half:.2f}"
-            )
+    if len(gaps) > 1 and min(len(g) for g in (gaps[min(gaps)], gaps[max(gaps)])) > 1:
+        mean, half = welch_ci(
+            [100 * g for g in gaps[max(gaps)].values()], [100 * g for g in gaps[min(gaps)].values()]
+        )
+        lines.append(f"  trend (gap at size {max(gaps)} − gap at size {min(gaps)}): {mean:+.2f} ± {half:.2f}")
     return lines
+
+
+def welch_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) − mean(b) and the half-width of its 95 % Welch interval (unequal variances and sizes)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return statistics.mean(a) - statistics.mean(b), t_quantile_975(df) * math.sqrt(va + vb)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

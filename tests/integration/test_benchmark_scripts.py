@@ -85,6 +85,9 @@ def test_overparam_t_interval_matches_the_t_table() -> None:
         assert study.t_quantile_975(df) == pytest.approx(quantile, abs=0.004)
     mean, half = study.mean_ci([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and half == pytest.approx(3.182 * (5 / 3) ** 0.5 / 2, abs=0.01)
+    # Welch: a = [1, 2, 3] (var 1, n 3), b = [0, 0, 1] (var 1/3, n 3): se² = 1/3 + 1/9, df = 3.2
+    diff, half = study.welch_ci([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+    assert diff == pytest.approx(5 / 3) and half == pytest.approx(3.10 * (4 / 9) ** 0.5, abs=0.02)
 
 
 def test_overparam_resumes_without_rerunning_finished_runs(tmp_path: Path) -> None:
