@@ -318,3 +318,15 @@ def test_two_process_ddp_equals_hand_sam_on_the_global_batch(tmp_path):
     net = make_net()  # ascent_grad_norm of step 1: ‖mean gradient of the 16 rows‖, not 2× (a sum)
     grad = torch.autograd.grad(F.mse_loss(net(x[:16]), y[:16]), list(net.parameters()))
     assert rank0["norms"][0] == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in grad))), rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"m": 2}, {"perturbation": "functional"}, {"precondition": "adam"}])
+def test_no_sync_charged_to_lit_bar(tmp_path, kwargs):
+    """No host sync issued by lit_bar in SAMTrainer's steps (the Trainer's own are reported apart)."""
+    from lit_bar.syncs import SyncCounter
+
+    x, y = make_data(8 * STEPS)
+    with SyncCounter() as counter:
+        train(make_net(dropout=0.2), x, y, tmp_path, rho=RHO, logging_steps=50, **kwargs)
+    assert not counter.charged_to("lit_bar"), counter.report()
+    assert not counter.charged_to("lit_bar", kind="host_copy"), counter.report()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins import MixedPrecision
 from tiny_sam import (
     TinySAM,
     adamw,
@@ -143,6 +144,22 @@ def test_functional_sam_seeds_the_descent_in_the_outputs_dtype():
     with Float32Copies((5, 2)) as copies:
         fit(module, loader(x, y, 5), precision="bf16-true", max_steps=2)
     assert copies.ops == []
+
+
+def test_functional_sam_under_fp16_seeds_with_the_loss_scale_once():
+    """16-mixed with a GradScaler (scale 1024): the stored seed carries the scale, and the seeded
+    backward must not scale it again (that would be a 1024× step) nor drop it (fp16 underflow)."""
+    x, y = make_data(16, dtype=torch.float32)
+    net = make_net(dtype=torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    module = TinySAM(net, optimizer=sgd(0.1), rho=RHO, perturbation="functional")
+    fit(module, loader(x, y, 4), plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert scaler.get_scale() == 1024.0  # no step was skipped
+    ref, sam = make_net(dtype=torch.float32), make_net(dtype=torch.float32)
+    hand_sam(ref, sgd(0.1), batches(x, y, 4), RHO, functional=True)
+    hand_sam(sam, sgd(0.1), batches(x, y, 4), RHO)
+    assert max_diff(list(ref.parameters()), list(sam.parameters())) > 1e-2  # FSAM ≠ SAM at this tolerance
+    assert_params_close(list(net.parameters()), list(ref.parameters()), atol=5e-4)
 
 
 # ------------------------------------------------------------------ preconditioned SAM
