@@ -17,8 +17,10 @@ the same attribution comes from :class:`lit_bar.syncs.SyncCounter`. Expected own
 check), ``lightning`` (its loop), ``autograd`` (ops replayed from backward); ``lit_bar`` must have none.
 The run does not log (``log_every_n_steps`` beyond the run), so these are the non-logging steps.
 
-fp16 skip step (CUDA only): a GradScaler whose initial scale overflows fp16 must skip the first step
-entirely (no optimizer update and no BAR update) and halve its scale.
+fp16 skip step (CUDA; ``--fp16-skip-check`` runs the Lightning one on CPU too): a GradScaler whose
+initial scale overflows fp16 must skip the first step entirely (no optimizer update and no BAR update)
+and halve its scale, for ``SAMModule`` + ``BalancednessCallback`` under ``16-mixed`` and for the
+transformers ``Trainer(fp16=True)`` + ``BalancednessTrainerCallback``.
 
 Exit status 1 if lit_bar issued a sync or the skip check failed.
 """
@@ -227,6 +229,42 @@ def fp16_skip_check(model_dir: str, device: torch.device, args) -> dict[str, Any
     return {"max_param_change": moved, "scale_after": scaler.get_scale(), "ok": ok}
 
 
+def hf_fp16_skip_check(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """transformers ``Trainer(fp16=True)`` + peft LoRA + ``BalancednessTrainerCallback`` with a scale that
+    overflows fp16: the first step must move no LoRA factor (neither AdamW nor BAR). CUDA only: accelerate
+    ignores ``fp16=True`` on a CPU."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForMaskedLM, Trainer, TrainingArguments
+
+    from lit_bar.hf import BalancednessTrainerCallback
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"])
+    model = get_peft_model(AutoModelForMaskedLM.from_pretrained(model_dir), config)
+    rows = []
+    for batch in make_loader(args, 1):
+        targets = torch.full_like(batch["input_ids"], -100)
+        targets[:, args.length // 2] = torch.tensor(LABEL_WORDS)[batch["labels"]]  # the word at <mask>
+        rows += [{"input_ids": i, "attention_mask": m, "labels": t} for i, m, t in
+                 zip(batch["input_ids"], batch["attention_mask"], targets, strict=True)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as out:
+        training = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=1, fp16=True,
+            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,
+        )  # fmt: skip
+        trainer = Trainer(
+            model=model, args=training, train_dataset=rows, callbacks=[BalancednessTrainerCallback("nbar")]
+        )
+        trainer.accelerator.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        trainer.train()
+    moved = max(
+        float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters() if n in before
+    )
+    scale = trainer.accelerator.scaler.get_scale()
+    ok = moved == 0.0 and scale == 2.0**39  # skipped: nothing moved, and the scaler backed off once
+    return {"max_param_change": moved, "scale_after": scale, "ok": ok}
+
+
 def print_report(rows: list[dict[str, Any]], device_name: str, skip: dict[str, Any] | None) -> None:
     print(f"\n## gpu_check on {device_name}\n")
     print("| method | precision | step (ms) | peak memory (GiB) | syncs/step by owner |")
@@ -272,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = save_random_model(Path(folder) / "model", args.size)
         rows = [run_row(args, model_dir, m, p, device) for p in precisions for m in args.methods]
         run_skip = device.type == "cuda" or args.fp16_skip_check
-        skip = fp16_skip_check(model_dir, device, args) if run_skip else None
+        skip = {"lightning": fp16_skip_check(model_dir, device, args)} if run_skip else None
+        if device.type == "cuda":
+            skip["hf_trainer"] = hf_fp16_skip_check(model_dir, args)
     print_report(rows, device_name, skip)
     if args.json is not None:
         payload = [{**r, "sync_sites": dict(r["sync_sites"])} for r in rows]
@@ -280,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"device": device_name, "rows": payload, "fp16_skip": skip}, indent=1)
         )
     lit_bar_syncs = sum(r["syncs_per_step"].get("lit_bar", 0) for r in rows)
-    failed = lit_bar_syncs > 0 or (skip is not None and not skip["ok"])
+    failed = lit_bar_syncs > 0 or (skip is not None and not all(check["ok"] for check in skip.values()))
     print(f"\nlit_bar syncs per step (all rows): {lit_bar_syncs:g}; {'FAILED' if failed else 'OK'}")
     return 1 if failed else 0
 

@@ -120,7 +120,8 @@ class BalancednessTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         optimizer = kwargs["optimizer"]
-        keep = finite_gradients(optimizer) if args.fp16 else None  # 0 on the steps the scaler skips
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer holds the GradScaler
+        keep = finite_gradients(optimizer) if scaler is not None else None  # 0 on the steps it skips
         result = self.bar.apply(optimizer, state.global_step, keep)
         # |B| after BAR, before the optimizer step (as BalancednessCallback logs it): on the device, no sync
         self._last = (result, balancedness(self.bar.pairs).abs().mean())

@@ -34,13 +34,18 @@ def lora_plus(net: nn.Module, lr: float = LR, ratio: float = 4.0) -> torch.optim
     return torch.optim.SGD([{"params": a, "lr": lr}, {"params": b, "lr": ratio * lr}])
 
 
-def hand_bar_run(net, optimizer, steps, mode="nbar", mu=MU, schedule=None, y_lr_of_x=False) -> list[float]:
-    """SGD + BAR by hand; returns mean |B| after each step. ``y_lr_of_x``: the pre-fix rule (x's η for y)."""
+def hand_bar_run(
+    net, optimizer, steps, mode="nbar", mu=MU, schedule=None, y_lr_of_x=False, autocast=None, micro=1
+) -> list[float]:
+    """SGD + BAR by hand; returns mean |B| after each step. ``y_lr_of_x``: the pre-fix rule (x's η for y);
+    ``autocast``: a dtype for one CPU autocast region per forward; ``micro``: micro-batches per step."""
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     history = []
     for t, (x, y) in enumerate(steps):
-        loss = F.mse_loss(net(x), y)
-        loss.backward()
+        for cx, cy in zip(x.chunk(micro), y.chunk(micro), strict=True):
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = F.mse_loss(net(cx), cy) / micro
+            loss.backward()
         mu_t = mu * (schedule(t) if schedule else 1.0)
         values = []
         with torch.no_grad():
@@ -159,7 +164,7 @@ class Rows(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4):
+def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4, **extra):
     from transformers import Trainer, TrainingArguments
 
     class OrderedTrainer(Trainer):  # the hand loop's order, not a random one
@@ -170,7 +175,7 @@ def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
         num_train_epochs=1, max_grad_norm=0.0, logging_steps=1, report_to="none", use_cpu=True,
-        save_strategy="no", lr_scheduler_type="constant", disable_tqdm=True, seed=0,
+        save_strategy="no", lr_scheduler_type="constant", disable_tqdm=True, seed=0, **extra,
     )  # fmt: skip
     optimizer = lora_plus(net)
     trainer = OrderedTrainer(
@@ -183,7 +188,7 @@ def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4
 def test_trainer_callback_with_accumulation_equals_the_hand_loop_and_lightning(tmp_path):
     from transformers import TrainerCallback
 
-    from lit_bar.hf.callback import BalancednessTrainerCallback
+    from lit_bar.hf import BalancednessTrainerCallback
 
     class Recorder(TrainerCallback):  # stands for a reporting integration, which runs before user callbacks
         def __init__(self) -> None:
@@ -212,3 +217,44 @@ def test_trainer_callback_with_accumulation_equals_the_hand_loop_and_lightning(t
     assert [e["bar/abs_balancedness"] for e in recorder.seen if "loss" in e] == pytest.approx(
         history, rel=1e-9
     )
+
+
+def test_trainer_callback_under_bf16_equals_the_hand_loop_under_bf16_autocast(tmp_path):
+    """``bf16=True`` (accelerate's autocast; fp16 would be ignored on CPU) against one bf16 autocast
+    region per forward by hand; BAR's effect is far larger than the tolerance."""
+    from lit_bar.hf import BalancednessTrainerCallback
+
+    x, y = make_data(16, dtype=torch.float32)
+    net, ref, plain = (make_lora_net(torch.float32) for _ in range(3))
+    _hf_train(net, x, y, [BalancednessTrainerCallback(mu=MU)], tmp_path, bf16=True)
+    hand_bar_run(ref, lora_plus(ref), batches(x, y, 8), autocast=torch.bfloat16, micro=2)
+    hand_bar_run(plain, lora_plus(plain), batches(x, y, 8), mu=0.0, autocast=torch.bfloat16, micro=2)
+    assert max_diff(_trainable(ref), _trainable(plain)) > 1e-3
+    assert_params_close(_trainable(net), _trainable(ref), atol=1e-6)
+
+
+def test_trainer_callback_skips_the_step_the_grad_scaler_skips(tmp_path):
+    """A GradScaler whose scale overflows the float32 loss: the Trainer skips the step, and BAR skips it too.
+
+    (accelerate ignores ``fp16=True`` on CPU, so the scaler is set by hand; the fp16 run on a GPU is in
+    ``scripts/gpu_check.py``.)"""
+    from transformers import Trainer, TrainingArguments
+
+    from lit_bar.hf import BalancednessTrainerCallback
+
+    x, y = make_data(8, dtype=torch.float32, target=3.0)  # loss ≈ 9: times 2**127 overflows float32
+    net = make_lora_net(torch.float32)
+    start = [p.detach().clone() for p in _trainable(net)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, max_grad_norm=0.0,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, logging_steps=1,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=LoraRegressor(net), args=args, train_dataset=Rows(x, y),
+        callbacks=[BalancednessTrainerCallback(mu=MU)], optimizers=(lora_plus(net), None),
+    )  # fmt: skip
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    trainer.train()
+    assert trainer.accelerator.optimizer_step_was_skipped
+    assert trainer.accelerator.scaler.get_scale() == 2.0**126
+    assert max_diff(_trainable(net), start) == 0.0  # neither SGD nor BAR moved a factor
