@@ -2,18 +2,27 @@
 
 A subclass builds its network in ``__init__`` (passing ``**kwargs`` up) and implements
 ``compute_loss(batch) -> Tensor``; Functional-SAM also needs the split ``compute_outputs(batch)``
-+ ``loss_from_outputs(outputs, batch)``. One optimizer step over k micro-batches (ALGORITHMS.md §2)::
++ ``loss_from_outputs(outputs, batch)``. One optimizer step over k micro-batches (ALGORITHMS.md §2);
+the first four lines are :class:`lit_bar.engine.SAMEngine` (shared with ``lit_bar.hf.SAMTrainer``),
+this module supplies its loss, the precision plugin's scaling and backward, and DDP's no-sync::
 
     ascent   for each micro-batch i:  fork RNG_i;  g += ∇(L_i / k)      (autograd.grad: no DDP hook)
-             [DDP, m unset: all-reduce g once]
+             [DDP, m unset: one torch.distributed.all_reduce of g, in g's dtype]
     perturb  ε = ρ g/‖g‖ (adaptive / preconditioned forms: lit_bar.optim.perturbation); save w; w += ε
     descent  for each micro-batch i:  replay RNG_i;  manual_backward(L_i(w + ε) / k)
-             (Functional-SAM: backward of f_i(w + ε) seeded with the stored clean ∂L_i/∂f)
+             (Functional-SAM: manual_backward(f_i(w + ε), gradient=seed_i), the seed ∂(L_i/k)/∂f
+             stored in f's dtype and already loss-scaled, so the plugin does not scale it again)
              [DDP: only the last backward all-reduces]
     restore  w ← saved copy (exact)
     step     opt.step() → precision plugin: unscale → on_before_optimizer_step (callbacks, then
              this module: gradient clipping) → scaler.step (skips non-finite) → scaler.update
              then LR schedulers with interval "step"
+
+Logging (only where Lightning writes the logs, ``log_every_n_steps``; nothing is computed or copied
+to the host in other steps): ``train/loss`` (also on the progress bar), ``train/grad_norm``
+(‖mean ascent gradient‖ over all micro-batches and processes, unscaled), ``train/descent_grad_norm``
+(the clipped gradient the optimizer steps with) and ``train/sharpness`` (L(w + ε) − L(w), SAM), with
+one device→host copy per logging step.
 
 With ``m`` set each chunk of m examples gets its own ε and is ascended, perturbed, descended and
 restored on its own (m-sharpness), so the result is independent of devices and micro-batching.
