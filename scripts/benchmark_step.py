@@ -61,7 +61,9 @@ LM_MEMORY_ROWS = ["LM LoRA", "LM SAM", "LM FSAM", "LM SAM bf16", "LM FSAM bf16"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--rounds", type=int, default=10, help="interleaved rounds over all rows (default 10)"
     )
@@ -71,11 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=16, help="examples per batch (default 16)")
     parser.add_argument("--length", type=int, default=64, help="tokens per example (default 64)")
-    parser.add_argument("--model", choices=["minilm", "tiny"], default="minilm", help="classifier to time")
+    parser.add_argument(
+        "--model",
+        choices=["minilm", "tiny"],
+        default="minilm",
+        help="classifier timed: the real all-MiniLM-L6-v2 (default) or a tiny random BERT",
+    )
     parser.add_argument(
         "--lm", choices=["small", "tiny"], default="small", help="causal LM for the memory rows"
     )
-    parser.add_argument("--lm-shape", type=int, nargs=2, default=[8, 128], metavar=("BATCH", "LENGTH"))
+    parser.add_argument(
+        "--lm-shape", type=int, nargs=2, default=[8, 128], metavar=("BATCH", "LENGTH"), help="default 8 128"
+    )
     parser.add_argument("--rows", nargs="+", help="rows to time (default: every available row)")
     parser.add_argument(
         "--memory-rows",

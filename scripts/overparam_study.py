@@ -1,7 +1,7 @@
 """SAM and nBAR under overparameterisation (seed 003): test-accuracy gap to the base optimizer.
 
     python scripts/overparam_study.py --quick --out outputs/overparam_quick
-    python scripts/overparam_study.py --out outputs/overparam          # the fuller sweep
+    python scripts/overparam_study.py --parts mlp --methods base SAM --num-seeds 30 --out outputs/op
 
 Two sweeps, each × {base optimizer, SAM, nBAR} × seeds, all trained through the Lightning
 ``Trainer`` with :class:`lit_bar.SAMModule` (and :class:`lit_bar.BalancednessCallback` for nBAR):
@@ -19,8 +19,11 @@ Two sweeps, each × {base optimizer, SAM, nBAR} × seeds, all trained through th
     positively homogeneous), which nBAR regularises with x = W₁, y = W₂. Base = SGD + momentum.
 
 The degree of overparameterisation on the x-axis is trainable parameters / training examples.
-Writes ``results.csv`` (one row per run) and ``overparam.png`` (mean gap over seeds, SAM − base
-and nBAR − base, ± the seeds' standard deviation of the paired gap) into ``--out``.
+Writes ``results.csv`` (one row per run, rewritten after every run: rerunning the same command
+skips finished runs, so a sweep resumes and ``--num-seeds``/``--sizes`` extend it) and
+``overparam.png`` (mean paired gap per size, SAM − base and nBAR − base, with its 95 % t-interval
+over seeds) into ``--out``, and prints the intervals and the trend (gap at the largest size − gap
+at the smallest, Welch 95 % interval).
 """
 
 from __future__ import annotations
@@ -368,7 +371,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on CPU")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.csv and overparam.png")
     parser.add_argument(
