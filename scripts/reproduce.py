@@ -136,7 +136,7 @@ def run_cell(spec_path: Path) -> None:
         "metrics": {k: v for k, v in tested.items() if k.startswith("test/")},
         "abs_balancedness": fitted.get("bar/abs_balancedness"),
         "train_loss": fitted.get("train/loss"),
-        "steps": fitted.get("step"),
+        "last_logged_step": fitted.get("step"),
         "commands": [" ".join(["lit-bar", *map(_quote, a)]) for a in (fit, test)],
     }
     for ckpt in ckpts:
@@ -160,6 +160,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def child_command(spec: Path) -> list[str]:
+    """The child process of one cell: this script in ``--run-cell`` mode (tests swap in a fake)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--run-cell", str(spec)]
+
+
 def launch(cell: Cell, settings: Settings, threads: int) -> tuple[subprocess.Popen, Path]:
     """Start one cell's child process (its log dir wiped first: an interrupted cell restarts)."""
     log_dir = settings.out / "logs" / cell.key_path
@@ -171,7 +176,7 @@ def launch(cell: Cell, settings: Settings, threads: int) -> tuple[subprocess.Pop
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     with (log_dir / "stdout.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--run-cell", str(spec)],
+            child_command(spec),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -194,10 +199,18 @@ def finish(
     return {**row, "status": "ok", **json.loads(result_file.read_text()), "commit": git_commit()}
 
 
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line; a torn last line (a kill mid-write) is closed first, not extended."""
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with path.open("a") as f:
+        f.write(("\n" if torn else "") + json.dumps(row) + "\n")
+
+
 def run_grid(grid: Grid, settings: Settings, jobs: int) -> int:
     """Run every cell without an ``ok`` row in ``runs.jsonl``; returns the number of failed cells."""
     runs = settings.out / "runs.jsonl"
-    done = {(r["task"], r["method"], r["seed"]) for r in read_rows(runs) if r.get("grid") == grid.name}
+    rows = [r for r in read_rows(runs) if r.get("grid") == grid.name and r.get("status") == "ok"]
+    done = {(r["task"], r["method"], r["seed"]) for r in rows}
     todo = [c for c in grid.cells() if (c.task, c.method, c.seed) not in done]
     total = len(grid.cells())
     print(f"grid {grid.name}: {total} cells, {total - len(todo)} finished, {len(todo)} to run", flush=True)
@@ -215,8 +228,7 @@ def run_grid(grid: Grid, settings: Settings, jobs: int) -> int:
         cell, proc, log_dir, started = running.pop(pid)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         row = finish(cell, status, usage, log_dir, started, grid.name)
-        with runs.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(runs, row)
         finished += 1
         failed += row["status"] != "ok"
         write_tables(settings.out, GRIDS)
