@@ -137,7 +137,7 @@ class BalancednessCallback(Callback):
         parts = [values.mean(), plus, minus, *(values.unbind() if self.log_per_pair else ())]
         host = torch.stack([v.to(values.dtype) for v in parts]).cpu().unbind()
         pl_module.log("bar/abs_balancedness", host[0])
-        pl_module.log("bar/mu", result.mu)
+        pl_module.log("bar/mu", torch.tensor(result.mu, dtype=host[0].dtype))  # a host tensor: no device copy
         pl_module.log("bar/pairs_plus", host[1])
         pl_module.log("bar/pairs_minus", host[2])
         for pair, value in zip(self.pairs, host[3:], strict=False):
