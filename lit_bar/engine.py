@@ -128,7 +128,7 @@ class SAMEngine:
         self.all_reduce = all_reduce
         self._window: list[_Pending] = []
         self._ascent: list[torch.Tensor] | None = None
-        self._ascent_mean: list[torch.Tensor] | None = None  # m set, logging: Σ of every chunk's g
+        self._ascent_mean: list[torch.Tensor] | None = None  # m set: Σ of every chunk's weighted g
         self._sums: dict[str, torch.Tensor] = {}
         self._stats: dict[str, torch.Tensor] = {}
         self._logging = False
@@ -160,7 +160,8 @@ class SAMEngine:
             last: Whether this micro-batch ends the window (the optimizer step follows).
             optimizer: The base optimizer (needed for ``precondition="adam"``).
             module: Its BatchNorm running statistics are frozen during the descent pass.
-            logging: Compute the window's statistics (ascent gradient norm, sharpness).
+            logging: Whether the step is logged (read on the window's last micro-batch): compute
+                the ascent gradient norm (an extra all-reduce with ``m`` and several processes).
             mean_loss: ``batch``'s loss is a mean over its examples, so an m-chunk's loss counts
                 with its share of examples; ``False``: losses are already normalised by a count
                 over the whole window (transformers' ``num_items_in_batch``), so chunks' losses add.
@@ -168,9 +169,7 @@ class SAMEngine:
         Returns:
             The micro-batch's clean loss L(w), detached.
         """
-        if not self._window and not self._sums:
-            self._begin(logging)
-        self._logging |= logging
+        self._logging = logging  # what the window's last micro-batch says decides
         if self.rho == 0:
             loss = self._plain(front, batch, weight, last)
         elif self.m is not None:
@@ -225,11 +224,6 @@ class SAMEngine:
         self._logging = bool(state["logging"])
 
     # ------------------------------------------------------------------ window bookkeeping
-    def _begin(self, logging: bool) -> None:
-        self._logging = logging
-        self._sums = {}
-        self._ascent_mean = None
-
     def _add(self, key: str, value: torch.Tensor) -> None:
         value = value.detach()
         self._sums[key] = value if key not in self._sums else self._sums[key] + value
@@ -312,9 +306,9 @@ class SAMEngine:
             rng = rng_state()
             chunk_loss, grads, seed = self._ascent_grads(front, chunk, params, weight * share)
             self._add("clean", chunk_loss * (weight * share))
-            if self._logging and self._ascent_mean is None:
+            if self._ascent_mean is None:  # kept for train/grad_norm: one gradient-sized buffer
                 self._ascent_mean = grads
-            elif self._logging:
+            else:
                 torch._foreach_add_(self._ascent_mean, grads)
             with self._perturbed(params, grads, optimizer, module):
                 del grads

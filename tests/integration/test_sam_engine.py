@@ -90,6 +90,20 @@ def test_logged_statistics_equal_the_hand_computed_ones(m):
     assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_grad_norm_covers_the_whole_window_when_only_its_last_batch_logs():
+    """m = 2, accumulation 2, log_every_n_steps = 3: batch 6 (the 3rd step's second micro-batch)
+    logs, batch 5 did not; the logged norm is still that of the whole step's mean ascent gradient."""
+    x, y = make_data(24)
+    module = TinySAM(make_net(), optimizer=sgd(0.2), rho=RHO, m=2, accumulate_grad_batches=2)
+    run = fit(module, loader(x, y, 4), max_steps=3, log_every_n_steps=3)
+    net = make_net()
+    hand_sam(net, sgd(0.2), batches(x, y, 8)[:2], RHO, m=2)
+    grad = torch.autograd.grad(F.mse_loss(net(x[16:]), y[16:]), list(net.parameters()))
+    second_half = torch.autograd.grad(F.mse_loss(net(x[20:]), y[20:]), list(net.parameters()))
+    assert abs(float(_norm(second_half)) / 2 - float(_norm(grad))) > 1e-3  # half a window is far off
+    assert float(run.callback_metrics["train/grad_norm"]) == pytest.approx(float(_norm(grad)), rel=1e-9)
+
+
 def test_statistics_are_not_computed_on_other_steps():
     """log_every_n_steps=4: only batches 4 and 8 log (no per-step work or host copy for the others)."""
     x, y = make_data(16)
