@@ -147,3 +147,39 @@ def test_missing_model_or_data_path_is_named(tmp_path: Path, flag: str) -> None:
 def test_unknown_task_is_named() -> None:
     with pytest.raises(SystemExit, match=r"grid 'offline' has no task \['mnli'\]"):
         reproduce.main(["--grid", "offline", "--tasks", "mnli", "--dry-run"])
+
+
+def _fake_log(path: Path, values: dict[int, tuple[float, float]]) -> None:
+    """A metrics.csv with the mean and two per-pair columns at the given steps."""
+    path.parent.mkdir(parents=True)
+    pairs = ["layer.0.attention.self.query.default", "layer.0.attention.self.value.default"]
+    header = (
+        "bar/abs_balancedness," + ",".join(f"bar/abs_balancedness/{p}" for p in pairs) + ",step,train/loss"
+    )
+    lines = [header] + [f"{(a + b) / 2},{a},{b},{s},0.5" for s, (a, b) in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_plot_reads_the_grid_logs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from plot_balancedness import load_runs, plot_from_logs
+
+    for seed, drift in ((1, 0.2), (2, 0.4)):
+        _fake_log(
+            tmp_path / f"logs/t/lora/seed{seed}/fit/metrics.csv", {4: (1.0, 2.0), 9: (1.0 + drift, 2.0)}
+        )
+        _fake_log(tmp_path / f"logs/t/nbar/seed{seed}/fit/metrics.csv", {4: (1.0, 2.0), 9: (1.0, 2.0)})
+    runs = load_runs(tmp_path, "t")
+    assert list(runs) == ["lora", "nbar"] and len(runs["lora"]) == 2
+    png = plot_from_logs(tmp_path, "t", tmp_path / "fig.png")
+    assert png.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert (
+        "lora  2 seeds: mean |B| 1.5000 at the first logged step, 1.6500 last" in out
+    )  # (1.3 + 2) / 2 averaged
+
+
+def test_plot_without_logs_says_what_to_run(tmp_path: Path) -> None:
+    from plot_balancedness import plot_from_logs
+
+    with pytest.raises(SystemExit, match=r"run scripts/reproduce\.py first"):
+        plot_from_logs(tmp_path, "t", tmp_path / "fig.png")
