@@ -72,8 +72,8 @@ def fitted(sst2_like, tmp_path_factory) -> tuple[Path, SequenceClassifier]:
     checkpoint = ModelCheckpoint(  # save_on_train_epoch_end: Lightning's default for val_check_interval=1
         dirpath=root / "ckpt", filename="best", monitor="order", mode="max", save_on_train_epoch_end=False,
     )  # fmt: skip
-    trainer = _trainer(root, [BestFirst(), checkpoint, AdapterExport()], max_steps=3, val_check_interval=1,
-                       limit_val_batches=1)  # fmt: skip
+    callbacks = [BestFirst(), checkpoint, AdapterExport(merged_dirname="merged")]
+    trainer = _trainer(root, callbacks, max_steps=3, val_check_interval=1, limit_val_batches=1)
     trainer.fit(module, _data(sst2_like))
     return root, module
 
@@ -126,8 +126,11 @@ def test_adapter_is_exported_from_the_best_checkpoint_without_a_logger(fitted, s
     batch = next(iter(data.val_dataloader()))
     with torch.no_grad():
         theirs = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        merged = AutoModelForSequenceClassification.from_pretrained(root / "merged").eval()  # no peft
+        deployed = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ours = _logits(SequenceClassifier.load_from_checkpoint(root / "ckpt/best.ckpt"), sst2_like)
     assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
+    assert torch.allclose(deployed, ours, atol=1e-5, rtol=0)
 
 
 def test_predict_writes_one_row_per_example(fitted, sst2_like, tmp_path: Path) -> None:

@@ -220,3 +220,42 @@ def test_classification_rows_by_hand() -> None:
     assert rows[1]["label"] == 0 and rows[1]["probabilities"] == pytest.approx(
         [e**2 / (e**2 + 2), 1 / (e**2 + 2), 1 / (e**2 + 2)]
     )
+
+
+@pytest.mark.parametrize("family", ["glue", "prompt", "causal", "generation"])
+def test_every_task_module_loads_from_its_checkpoint_alone(folders, tmp_path: Path, family: str) -> None:
+    """``Trainer.save_checkpoint``, then ``load_from_checkpoint(path)`` alone: same outputs, no base."""
+    import lightning.pytorch as pl
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folders["roberta"])
+    words = [tokenizer.convert_tokens_to_ids(w) for w in ("terrible", "great")]
+    build = {
+        "glue": lambda: SequenceClassifier(
+            folders["roberta"], task_info={"num_labels": 2}, label_names=["n", "p"]
+        ),
+        "prompt": lambda: PromptMLMClassifier(
+            folders["roberta"], task_info={"label_word_ids": words, "mask_token_id": tokenizer.mask_token_id}
+        ),
+        "causal": lambda: CausalLMTask(
+            folders["opt"], lora=LoraSettings(r=2, target_modules=["q_proj", "v_proj"])
+        ),
+        "generation": lambda: _gpt2(folders["gpt2"]),
+    }[family]
+    module = _trained(build())
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(module)
+    module.trainer = trainer
+    trainer.strategy.setup_optimizers(trainer)  # the checkpoint holds the optimizer state
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)  # hparams included: plain types only
+    assert frozen and not frozen & set(saved["state_dict"])
+    loaded = type(module).load_from_checkpoint(tmp_path / "m.ckpt").eval()
+    batch = _batch()
+    if family == "prompt":
+        batch["input_ids"][:, 3] = tokenizer.mask_token_id
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_outputs(batch), module.compute_outputs(batch))
