@@ -53,7 +53,7 @@ class SAMTrainer(Trainer):
         adaptive: Adaptive SAM (ASAM): ε = ρ T² g/‖T g‖, T = |w| on weight matrices.
         perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM: the descent pass backpropagates
             the model's ``logits`` at w + ε seeded with the clean ∂L/∂logits; the loss must be a
-            function of the returned ``logits``).
+            function of the returned ``logits``, so with fp16/bf16 pass ``compute_loss_func``).
         precondition: ``None``, or ``"adam"``: ε ∝ P g with the Adam/AdamW optimizer's preconditioner.
         m: m-sharpness: each chunk of ``m`` examples of a micro-batch gets its own ε; ``None``
             perturbs the whole optimizer step's batch (all micro-batches, all processes) at once.
@@ -92,6 +92,17 @@ class SAMTrainer(Trainer):
                     f"SAMTrainer does not support {name}: use one process per device (DDP: "
                     "`accelerate launch` or `torchrun`), with or without fp16/bf16"
                 )
+        if (
+            perturbation == "functional"
+            and (self.args.fp16 or self.args.bf16)
+            and self.compute_loss_func is None
+        ):
+            raise ValueError(
+                "perturbation='functional' with fp16/bf16 needs compute_loss_func=...: accelerate converts "
+                "the model's outputs to float32 after the model computed its own loss, so that loss is not "
+                "a function of the returned logits; compute_loss_func(outputs, labels, num_items_in_batch) "
+                "computes it from them"
+            )
 
     @override
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

@@ -185,6 +185,16 @@ def test_bad_sam_arguments_raise(tmp_path, kwargs, match):
         train(make_net(), x, y, tmp_path, **kwargs)
 
 
+def test_functional_sam_with_bf16_needs_compute_loss_func(tmp_path):
+    x, y = make_data(8 * STEPS, dtype=torch.float32)
+    with pytest.raises(ValueError, match="perturbation='functional' with fp16/bf16 needs compute_loss_func"):
+        train(make_net(dtype=torch.float32), x, y, tmp_path, rho=RHO, bf16=True, perturbation="functional")
+    net = make_net(dtype=torch.float32)
+    loss = lambda outputs, labels, num_items_in_batch=None: F.mse_loss(outputs["logits"], labels)  # noqa: E731
+    train(net, x, y, tmp_path, rho=RHO, bf16=True, perturbation="functional", compute_loss_func=loss)
+    assert max_diff(params(net), params(make_net(dtype=torch.float32))) > 1e-3  # it trains
+
+
 def test_adam_preconditioning_with_sgd_raises(tmp_path):
     x, y = make_data(8)
     with pytest.raises(
