@@ -216,7 +216,7 @@ def run_lora(rank: int, method: str, seed: int, sweep: Sweep, data_dir: Path) ->
     seed_everything(seed, verbose=False)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     lora = LoraSettings(
-        r=rank, alpha=2.0 * rank, target_modules=["query", "value"], modules_to_save=["classifier"]
+        r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], modules_to_save=["classifier"]
     )
     net = apply_lora(model, lora).eval()  # from_pretrained's mode, kept by Lightning: no dropout, as measured
     optimizer = partial(torch.optim.AdamW, lr=sweep.lr, weight_decay=0.0)
