@@ -28,6 +28,7 @@ Exit status 1 if lit_bar issued a sync or the skip check failed.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -189,7 +190,9 @@ def run_row(args, model_dir: str, method: str, precision: str, device: torch.dev
     callbacks = [recorder, *([BalancednessCallback("nbar")] if bar else [])]
     trainer = make_trainer(device, args.steps, callbacks, precision=precision)
     loader = make_loader(args, args.steps)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the previous row's module and trainer hold reference cycles: free them first
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
