@@ -48,7 +48,7 @@ class Rows(Dataset):
 
 
 def train(net: nn.Module, x, y, tmp_path, trainer_cls=SAMTrainer, **kwargs) -> Trainer:
-    options = {k: kwargs.pop(k) for k in ("bf16", "logging_steps") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("bf16", "logging_steps", "optim") if k in kwargs}
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
@@ -58,14 +58,13 @@ def train(net: nn.Module, x, y, tmp_path, trainer_cls=SAMTrainer, **kwargs) -> T
         lr_scheduler_type="constant",
         weight_decay=0.0,
         max_grad_norm=0.0,
-        optim="adamw_torch",
         train_sampling_strategy="sequential",
         save_strategy="no",
         report_to=[],
         use_cpu=True,
         seed=123,
         disable_tqdm=True,
-        **options,
+        **{"optim": "adamw_torch", **options},
     )
     trainer = trainer_cls(model=Regressor(net), args=args, train_dataset=Rows(x, y), **kwargs)
     trainer.train()
@@ -148,6 +147,34 @@ def test_bf16_equals_sam_module_bf16_mixed_and_the_hand_loop_under_autocast(tmp_
     hand_sam(plain, adamw(LR, weight_decay=0.0), batches(x, y, 8), 0.0, autocast=torch.bfloat16)
     assert max_diff(params(ref), params(plain)) > 1e-2  # ρ matters at this tolerance
     torch.testing.assert_close(params(net), params(ref), atol=1e-3, rtol=0)
+
+
+class LossScaledSAMTrainer(SAMTrainer):
+    """accelerate's fp16 path without autocast (CPU has no fp16 autocast through accelerate): a
+    GradScaler at scale 1024, which the Trainer's AcceleratedOptimizer unscales and steps with."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        self.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+
+
+@pytest.mark.parametrize("perturbation", ["sam", "functional"])
+def test_loss_scaling_is_applied_once_in_every_backward(tmp_path, perturbation):
+    """Scaling by 1024 is exact in float64: the scaled run equals the unscaled one, which a seed
+    scaled twice (a 1024× step) or a descent backward left unscaled (a 1/1024 step) would not."""
+    x, y = make_data(8 * STEPS)
+    scaled, plain = make_net(), make_net()
+    common = dict(rho=RHO, perturbation=perturbation, optim="sgd", logging_steps=1)
+    trainer = train(scaled, x, y, tmp_path, trainer_cls=LossScaledSAMTrainer, **common)
+    reference = train(plain, x, y, tmp_path, **common)
+    assert trainer.accelerator.scaler.get_scale() == 1024.0  # in use, no step skipped
+    assert max_diff(params(plain), params(make_net())) > 1e-3  # it trained
+    torch.testing.assert_close(params(scaled), params(plain), atol=1e-12, rtol=0)
+    norms = [
+        [e["ascent_grad_norm"] for e in t.state.log_history if "ascent_grad_norm" in e]
+        for t in (trainer, reference)
+    ]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-12) and len(norms[0]) == STEPS  # unscaled
 
 
 def test_logs_ascent_grad_norm_and_sharpness_on_logging_steps(tmp_path):
