@@ -81,10 +81,17 @@ class SAMTrainer(Trainer):
         self.sam_engine = SAMEngine(rho, adaptive, m, perturbation, precondition)  # validates first
         super().__init__(*args, **kwargs)
         self._sam_stats: dict[str, torch.Tensor] = {}
+        self._check_supported()
+
+    def _check_supported(self) -> None:
+        """Refuse the setups the step does not handle, naming what to use instead."""
+        parallelism = getattr(self.accelerator, "parallelism_config", None)
         unsupported = {
             "DeepSpeed": self.is_deepspeed_enabled,
             "FSDP": self.is_fsdp_enabled,
             f"DataParallel over {self.args.n_gpu} GPUs in one process": self.args.n_gpu > 1,
+            "context/sequence parallelism": parallelism is not None
+            and bool(getattr(parallelism, "cp_enabled", False) or getattr(parallelism, "sp_enabled", False)),
         }
         for name, enabled in unsupported.items():
             if enabled:
@@ -93,7 +100,7 @@ class SAMTrainer(Trainer):
                     "`accelerate launch` or `torchrun`), with or without fp16/bf16"
                 )
         if (
-            perturbation == "functional"
+            self.sam_engine.perturbation == "functional"
             and (self.args.fp16 or self.args.bf16)
             and self.compute_loss_func is None
         ):
