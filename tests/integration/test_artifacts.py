@@ -145,6 +145,25 @@ def test_predict_writes_one_row_per_example(fitted, sst2_like, tmp_path: Path) -
         assert row["label"] == int(probs.argmax()) and row["label_name"] == NAMES[row["label"]]
 
 
+def test_predict_rows_of_several_splits_and_of_regression(fitted, sst2_like, tmp_path: Path) -> None:
+    root, _ = fitted
+    module = SequenceClassifier.load_from_checkpoint(root / "ckpt/best.ckpt")
+    data = GlueDataModule(data_dir=sst2_like[1], tokenizer_name_or_path=sst2_like[0], batch_size=4,
+                          test_splits=["validation", "train"])  # fmt: skip
+    _trainer(tmp_path, [PredictionWriter()]).predict(module, data, return_predictions=False)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["dataloader_idx"], r["index"]) for r in rows] == [(0, i) for i in range(6)] + [
+        (1, i) for i in range(12)
+    ]
+
+    regression = SequenceClassifier(sst2_like[0], task_info={"num_labels": 1})
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        values = regression.eval().compute_outputs(batch)
+        rows = regression.predict_step(batch, 0)
+    assert [r["value"] for r in rows] == pytest.approx(values.tolist()) and "label" not in rows[0]
+
+
 def test_predict_without_trained_weights_is_refused(sst2_like, tmp_path: Path) -> None:
     module = _module(sst2_like[0])
     with pytest.raises(ValueError, match=r"predict needs trained weights.*--ckpt_path.*adapter_path"):

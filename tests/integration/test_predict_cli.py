@@ -63,8 +63,8 @@ def _family(name: str, base: Path) -> tuple[list[str], int]:
         return ["--config", str(ROOT / "configs/fewshot/roberta-large_sst2.yaml"),
                 "--model.init_args.model_name_or_path", str(model), "--data.init_args.k", "4",
                 "--data.init_args.data_dir", str(write_rows(base / "data", splits))], 6  # fmt: skip
-    if name in ("copa", "squad"):
-        rows = _copa(20) if name == "copa" else _squad(20)
+    if name in ("sst2", "copa", "squad"):
+        rows = {"sst2": sentence_rows(20, 0, "tr"), "copa": _copa(20), "squad": _squad(20)}[name]
         texts = [json.dumps(r) for r in rows] + [CAUSAL_WORDS, *TEMPLATE_WORDS]
         model = hf_tiny.save_tiny_opt(base / "model", texts)
         data = write_rows(base / "data", {"train": rows[:14], "validation": rows[14:]})
@@ -122,7 +122,7 @@ def test_glue_predict_from_the_checkpoint_or_the_exported_adapter(tmp_path: Path
         assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["prompt", "copa", "squad", "webnlg"])
+@pytest.mark.parametrize("name", ["prompt", "sst2", "copa", "squad", "webnlg"])
 def test_every_family_predicts_from_its_exported_adapter(tmp_path: Path, name: str) -> None:
     family, n = _family(name, tmp_path)
     fit_dir = _run("fit", family, tmp_path / "fit")
@@ -133,7 +133,7 @@ def test_every_family_predicts_from_its_exported_adapter(tmp_path: Path, name: s
         _run("predict", family, tmp_path / "predict", "--model.init_args.adapter_path", str(adapter))
     )
     assert sorted(r["index"] for r in rows) == list(range(n))
-    if name == "prompt":
+    if name in ("prompt", "sst2"):  # fewshot and OPT SST-2: the label words of the task file
         _check_classes(rows, "label_word", [" terrible", " great"])
     elif name == "copa":
         _check_classes(rows, "candidate", None)
