@@ -47,6 +47,7 @@ manual optimization, so they are arguments of this module under the same names.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Literal
 
 import torch
@@ -326,7 +327,8 @@ class SAMModule(LightningModule):
             stats = self._engine.stats()
             if self._descent_norm is not None:
                 stats["descent_grad_norm"] = self._descent_norm
-            values = torch.stack([v.to(torch.float64) for v in stats.values()]).cpu()  # the one sync
+            dtype = functools.reduce(torch.promote_types, (v.dtype for v in stats.values()))
+            values = torch.stack([v.to(dtype) for v in stats.values()]).cpu()  # the one device→host copy
             for name, value in zip(stats, values, strict=True):
                 self.log(f"train/{name}", value, prog_bar=name == "loss")
         self._step_schedulers("step")

@@ -28,6 +28,7 @@ and bf16 come from accelerate; the engine uses the scaler for its ascent and see
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -158,7 +159,8 @@ class SAMTrainer(Trainer):
         """Add the last step's SAM statistics to a training log (one device→host copy)."""
         stats, self._sam_stats = self._sam_stats, {}
         if "loss" in logs and stats:
-            values = torch.stack([v.detach().to(torch.float64) for v in stats.values()])
+            dtype = functools.reduce(torch.promote_types, (v.dtype for v in stats.values()))
+            values = torch.stack([v.detach().to(dtype) for v in stats.values()])
             if self.accelerator.num_processes > 1:  # sharpness is per process: report the mean
                 values = self.accelerator.reduce(values, reduction="mean")
             for name, value in zip(stats, values.tolist(), strict=True):
