@@ -134,7 +134,6 @@ def _cli_args(paths, method: str, out: Path) -> list[str]:
         "--data.init_args.max_length", "32",
         "--trainer.accelerator", "cpu",
         "--trainer.max_epochs", "2",
-        "--trainer.limit_val_batches", "0",
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(out),
