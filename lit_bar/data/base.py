@@ -73,7 +73,7 @@ class TextDataModule(LightningDataModule):
         eval_batch_size: Validation/test batch size; ``None`` uses ``batch_size``.
         max_length: Truncate encoded inputs to this many tokens.
         num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and for any sampling a family does.
+        seed: Seed for shuffling (epoch e is shuffled with seed + e) and for any sampling a family does.
         trust_remote_code: Allow code from the hub for the dataset or tokenizer (off by default).
     """
 
