@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out = args.out.resolve()
     if args.tables_only or args.plot:
+        if args.tables_only and not (args.out / "runs.jsonl").is_file():
+            raise SystemExit(
+                f"reproduce.py: error: no runs.jsonl in {args.out}: run a grid with --out there first"
+            )
         if args.tables_only:
             print(f"wrote {write_tables(args.out, GRIDS)}")
         if args.plot:

@@ -39,12 +39,14 @@ def last_values(path: Path) -> dict[str, float]:
     return values
 
 
-def format_cell(values: list[float], expected: int, scale: float = 100.0) -> str:
+def format_cell(values: list[float], expected: int, scale: float = 100.0, digits: int = 1) -> str:
     """``mean ± std`` (×scale) of the seeds' values; ``(n = k)`` when some seeds are missing."""
     if not values:
         return "—"
     mean = statistics.fmean(values) * scale
-    text = f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values) * scale:.{digits}f}"
     return text + (f" (n = {len(values)})" if len(values) < expected else "")
 
 
@@ -55,7 +57,7 @@ def _metric(task, rows: list[dict]) -> str | None:
     return names[0] if names else None
 
 
-def _table(grid, ok: list[dict], value, scale: float, average: bool) -> list[str]:
+def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int = 1) -> list[str]:
     """One Markdown table: ``value(row)`` per run, aggregated per (method, task)."""
     lines = ["| method | " + " | ".join(t.name for t in grid.tasks) + (" | avg |" if average else " |")]
     lines.append("|---" * (len(grid.tasks) + 1 + average) + "|")
@@ -66,7 +68,7 @@ def _table(grid, ok: list[dict], value, scale: float, average: bool) -> list[str
         for task in grid.tasks:
             runs = [r for r in ok if r["method"] == method and r["task"] == task.name]
             values = [v for v in (value(task, r, ok) for r in runs) if v is not None]
-            cells.append(format_cell(values, len(grid.seeds), scale))
+            cells.append(format_cell(values, len(grid.seeds), scale, digits))
             means.append(statistics.fmean(values) * scale if values else None)
         if average:
             cells.append(f"{statistics.fmean(means):.1f}" if None not in means else "—")
@@ -92,9 +94,9 @@ def tables_markdown(grid, rows: list[dict]) -> list[str]:
     lines += [f"Test metric ×100, mean ± std over seeds ({metric_names}):", ""]
     lines += _table(grid, ok, metric, 100.0, average=True)
     lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]
-    lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False)
-    lines += ["", "Wall time per run, s (fit + test, one child process each):", ""]
-    lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False)
+    lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False, digits=3)
+    lines += ["", "Wall time per run, s (fit then test, in one child process per run):", ""]
+    lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False, digits=0)
     peak = max(r.get("peak_rss_mb", 0) for r in ok)
     lines += ["", f"Peak memory (largest `ru_maxrss` of a run): {peak:.0f} MB.", ""]
     return lines

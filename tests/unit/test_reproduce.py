@@ -183,3 +183,8 @@ def test_plot_without_logs_says_what_to_run(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match=r"run scripts/reproduce\.py first"):
         plot_from_logs(tmp_path, "t", tmp_path / "fig.png")
+
+
+def test_tables_only_without_runs_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no runs.jsonl in"):
+        reproduce.main(["--tables-only", "--out", str(tmp_path / "empty")])
