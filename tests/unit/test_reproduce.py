@@ -186,5 +186,5 @@ def test_plot_without_logs_says_what_to_run(tmp_path: Path) -> None:
 
 
 def test_tables_only_without_runs_says_so(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="no runs.jsonl in"):
+    with pytest.raises(SystemExit, match=r"no runs\.jsonl in"):
         reproduce.main(["--tables-only", "--out", str(tmp_path / "empty")])
