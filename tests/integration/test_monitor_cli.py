@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -67,3 +68,24 @@ def test_per_pair_from_the_command_line(sst2_like: tuple[Path, Path], tmp_path: 
 
 def test_debug_preset_without_logger_still_runs(sst2_like: tuple[Path, Path], tmp_path: Path) -> None:
     _fit(*sst2_like, "sam", tmp_path)
+
+
+def test_lora_null_says_once_there_is_nothing_to_monitor(
+    sst2_like: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path / "logs")},
+    }
+    with caplog.at_level(logging.INFO):
+        _fit(
+            *sst2_like,
+            "sam",
+            tmp_path,
+            "--trainer.logger",
+            json.dumps(logger),
+            "--model.init_args.lora",
+            "null",
+        )
+    assert sum("nothing to monitor" in r.getMessage() for r in caplog.records) == 1
+    assert not any(key.startswith("bar/") for key in read_metrics(tmp_path / "logs"))
