@@ -9,13 +9,23 @@ a checkpoint or an adapter, ``predict`` is refused with one ``lit-bar: error:`` 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, TEMPLATE_WORDS, all_texts, hf_tiny, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import (
+    ROOT,
+    TEMPLATE_WORDS,
+    all_texts,
+    hf_tiny,
+    read_metrics,
+    sentence_rows,
+    tiny_roberta,
+    write_rows,
+)
 
 from lit_bar.cli import main
 
@@ -120,6 +130,14 @@ def test_glue_predict_from_the_checkpoint_or_the_exported_adapter(tmp_path: Path
     _check_classes(from_checkpoint, "label_name", ["negative", "positive"])
     for a, b in zip(from_checkpoint, from_adapter, strict=True):
         assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    # lit-bar test with the adapter: the metrics of the predicted probabilities (gold label: index % 2)
+    tested = read_metrics(_run("test", family, tmp_path / "t", *adapter))
+    gold = [r["index"] % 2 for r in from_adapter]
+    accuracy = sum(r["label"] == g for r, g in zip(from_adapter, gold, strict=True)) / n
+    loss = -sum(math.log(r["probabilities"][g]) for r, g in zip(from_adapter, gold, strict=True)) / n
+    assert tested["test/accuracy"] == pytest.approx(accuracy) and tested["test/loss"] == pytest.approx(
+        loss, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ["prompt", "sst2", "copa", "squad", "webnlg"])
