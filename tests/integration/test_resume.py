@@ -118,17 +118,21 @@ def test_resume_mid_window_equals_the_straight_run(sst2_like, tmp_path: Path, me
     assert _max_diff(resumed, straight) == 0.0
 
 
-def _cli_args(paths, method: str, out: Path) -> list[str]:
+def _cli_args(paths, method: str, accumulate: int, out: Path) -> list[str]:
+    """``lit-bar fit`` of the shipped GLUE config (validation every epoch) on the tiny model; a
+    checkpoint after every optimizer step, and one after micro-batch 7 (inside a window when k = 2)."""
     model_dir, data_dir = paths
-    checkpoint = {
+    every_step = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 1, "save_top_k": -1,
                       "filename": "{step}"},
     }  # fmt: skip
+    mid_window = {"class_path": "test_resume.SaveAfter", "init_args": {"folder": str(out), "after": [7]}}
     return [
         "--config", str(ROOT / "configs/glue/roberta-large_sst2.yaml"),
         "--config", str(ROOT / "configs/method" / f"{method}.yaml"),
         "--model.init_args.model_name_or_path", str(model_dir),
+        "--model.init_args.accumulate_grad_batches", str(accumulate),
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.batch_size", "4",
         "--data.init_args.max_length", "32",
@@ -137,18 +141,27 @@ def _cli_args(paths, method: str, out: Path) -> list[str]:
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(out),
-        "--trainer.callbacks+", json.dumps(checkpoint),
+        "--trainer.callbacks+", json.dumps(every_step),
+        "--trainer.callbacks+", json.dumps(mid_window),
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["sam", "nbar"])
-def test_cli_resume_mid_epoch_equals_the_straight_run(sst2_like, tmp_path: Path, method: str) -> None:
-    main(["fit", *_cli_args(sst2_like, method, tmp_path / "straight")])
-    main(["fit", *_cli_args(sst2_like, method, tmp_path / "resumed"),
-          "--ckpt_path", str(tmp_path / "straight/ckpt/step=6.ckpt")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "accumulate", "checkpoint", "last"),
+    [("nbar", 1, "ckpt/step=6.ckpt", "step=8"), ("sam", 2, "after7.ckpt", "step=4")],
+    ids=["nbar_mid_epoch", "sam_mid_window"],
+)
+def test_cli_resume_equals_the_straight_run(
+    sst2_like, tmp_path: Path, method, accumulate, checkpoint, last
+) -> None:
+    main(["fit", *_cli_args(sst2_like, method, accumulate, tmp_path / "straight")])
+    saved = torch.load(tmp_path / "straight" / checkpoint, map_location="cpu", weights_only=True)
+    assert ("sam_window" in saved) == (accumulate > 1)  # micro-batch 7 of windows of 2: mid-window
+    main(["fit", *_cli_args(sst2_like, method, accumulate, tmp_path / "resumed"),
+          "--ckpt_path", str(tmp_path / "straight" / checkpoint)])  # fmt: skip
 
     def final(out: Path) -> dict:
-        return torch.load(out / "ckpt/step=8.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        return torch.load(out / f"ckpt/{last}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
     straight, resumed = final(tmp_path / "straight"), final(tmp_path / "resumed")
     assert _max_diff(resumed, straight) == 0.0
