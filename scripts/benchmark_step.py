@@ -300,7 +300,8 @@ def time_rows(args: argparse.Namespace, backbone: torch.nn.Module, batches: list
         medians = ", ".join(
             f"{row} {1000 * statistics.median(times['wall'][row][-1]):.0f}" for row in args.rows
         )
-        print(f"round {r + 1}/{args.rounds} wall ms: {medians}", flush=True)
+        args.round_loads.append(os.getloadavg()[0])
+        print(f"round {r + 1}/{args.rounds} (load {args.round_loads[-1]:.1f}) wall ms: {medians}", flush=True)
     return times
 
 
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"timing {args.rows} on {description}, {args.rounds} rounds × {args.steps} steps", flush=True)
     if args.unavailable:
         print(f"not available in this checkout (lit_bar.hf): {args.unavailable}", flush=True)
+    args.round_loads = []
     times = time_rows(args, backbone, batches)
     for row in args.profile:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
         "load_before": load_before,
         "load_after": load_average(),
+        "load_after_each_round": args.round_loads,
         "model": description,
         "device": args.device,
         "threads": torch.get_num_threads(),
