@@ -74,7 +74,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 def gather_per_rank(value: Any, world_size: int) -> list[Any]:
     """``[value of rank 0, value of rank 1, ...]`` on every rank (just ``[value]`` in one process).
 
-    A collective under DDP: every rank must call it, as every rank saves a checkpoint in Lightning.
+    A collective under DDP: every rank must call it, which ``Trainer.save_checkpoint`` already
+    requires (it ends with a barrier on every rank).
     """
     if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
         return [value]
