@@ -400,9 +400,16 @@ class SAMModule(LightningModule):
         grads = [p.grad for p in self._trainable()]
         if not state and all(g is None for g in grads):
             return None
-        return {"engine": state, "grads": grads}
+        return {"engine": state, "grads": grads, "accumulate_grad_batches": self.accumulate_grad_batches}
 
     def _load_window_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
+        if saved != self.accumulate_grad_batches:
+            raise ValueError(
+                f"the checkpoint was saved inside a window of accumulate_grad_batches={saved}; resume it "
+                f"with that value (this run has {self.accumulate_grad_batches}), or from a checkpoint at "
+                "an optimizer step"
+            )
         if state["engine"]:
             self._engine.load_state_dict(state["engine"], self.device)
         for param, grad in zip(self._trainable(), state["grads"], strict=True):
