@@ -373,6 +373,7 @@ class SAMModule(LightningModule):
     def _apply_resumed_state(self) -> None:
         """Restore this rank's window and RNG states: at train start, once the fit loop has built the
         training loader and its iterator (so nothing draws from the generators afterwards)."""
+        self._load_dropped_loader_state()
         resumed, self._resumed = self._resumed, {}
         world, rank = self.trainer.world_size, self.trainer.global_rank
         window = resumed.get("sam_window")
@@ -392,6 +393,19 @@ class SAMModule(LightningModule):
                 f"the checkpoint holds the RNG states of {len(states)} processes, this run has {world}: "
                 "random generators not restored (dropout masks differ from an uninterrupted run)"
             )
+
+    def _load_dropped_loader_state(self) -> None:
+        """Lightning #20550: a training loader built before the checkpoint's restore (by
+        ``trainer.estimated_stepping_batches`` in a subclass's ``configure_optimizers``, say) never
+        gets the checkpoint's position. Load it now, before the first batch, and restart the fetcher's
+        iterator, as Lightning's own resume path does (``lit_bar.steps`` avoids the trap altogether)."""
+        fit_loop = self.trainer.fit_loop
+        pending = fit_loop._combined_loader_states_to_load
+        if not (pending and fit_loop.restarting and fit_loop._combined_loader and fit_loop._data_fetcher):
+            return
+        fit_loop._combined_loader._load_state_dicts(pending)
+        fit_loop._combined_loader_states_to_load = []
+        iter(fit_loop._data_fetcher)
 
     def _window_state(self) -> dict[str, Any] | None:
         """The accumulation window in progress (``None`` at an optimizer-step boundary): the engine's
