@@ -401,11 +401,12 @@ class SAMModule(LightningModule):
         iterator, as Lightning's own resume path does (``lit_bar.steps`` avoids the trap altogether)."""
         fit_loop = self.trainer.fit_loop
         pending = fit_loop._combined_loader_states_to_load
-        if not (pending and fit_loop.restarting and fit_loop._combined_loader and fit_loop._data_fetcher):
+        loader, fetcher = fit_loop._combined_loader, fit_loop._data_fetcher
+        if not pending or not fit_loop.restarting or loader is None or fetcher is None:
             return
-        fit_loop._combined_loader._load_state_dicts(pending)
+        loader._load_state_dicts(pending)
         fit_loop._combined_loader_states_to_load = []
-        iter(fit_loop._data_fetcher)
+        iter(fetcher)
 
     def _window_state(self) -> dict[str, Any] | None:
         """The accumulation window in progress (``None`` at an optimizer-step boundary): the engine's
