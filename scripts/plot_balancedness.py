@@ -73,7 +73,7 @@ def plot(runs: dict, task: str, png: Path) -> None:
         steps = sorted(set.intersection(*(set(s[KEY]) for s in seeds)))
         values = [[s[KEY][t] for s in seeds] for t in steps]
         x = [t + 1 for t in steps]  # logged before optimizer step t+1
-        label = f"{LABELS.get(method, method)} ({len(seeds)} seeds)"
+        label = f"{LABELS.get(method, method)} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
         (line,) = left.plot(x, [statistics.fmean(v) for v in values], marker=".", label=label)
         left.fill_between(
             x, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2
