@@ -2,7 +2,8 @@
 
 Each cell is the mean ± sample standard deviation (ddof = 1) over seeds of the task's metric, ×100,
 with ``(n = k)`` when fewer seeds than the grid's have finished; the last column is the average over
-tasks of those means (the paper's "Avg"), given only when every task has a value.
+tasks of those means (the paper's "Avg"), given only when every task has a value. A partial grid is
+shown over its complete seeds only, and says so.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-__all__ = ["format_cell", "last_values", "read_rows", "tables_markdown", "write_tables"]
+__all__ = ["complete_seeds", "format_cell", "last_values", "read_rows", "tables_markdown", "write_tables"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -76,21 +77,36 @@ def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int
     return lines
 
 
+def complete_seeds(grid, ok: list[dict]) -> list[int]:
+    """Seeds for which every (task, method) cell of the grid has an ``ok`` row."""
+    have = {(r["task"], r["method"], r["seed"]) for r in ok}
+    return [s for s in grid.seeds if all((t.name, m, s) in have for t in grid.tasks for m in grid.methods)]
+
+
 def tables_markdown(grid, rows: list[dict]) -> list[str]:
-    """The section of one grid: metric table, final |balancedness|, wall time and peak memory."""
+    """The section of one grid: metric table, final |balancedness|, wall time and peak memory.
+
+    A partial grid is tabulated over its complete seeds only (every method then has the same seeds,
+    so rows compare); the runs of unfinished seeds are counted, and stay in ``runs.jsonl``.
+    """
     ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
     if not ok:
         return []
-    expected = len(grid.cells())
-    state = "complete" if len({(r["task"], r["method"], r["seed"]) for r in ok}) >= expected else "PARTIAL"
+    expected, seeds = len(grid.cells()), complete_seeds(grid, ok)
+    done = len({(r["task"], r["method"], r["seed"]) for r in ok})
+    lines = [f"## {grid.title}", ""]
+    if done < expected:
+        shown = [r for r in ok if r["seed"] in seeds]
+        lines += [
+            f"PARTIAL: {done} of {expected} runs finished. The tables use the seeds with every run finished, "
+            f"{seeds or 'none yet'}; {len(ok) - len(shown)} runs of unfinished seeds are in runs.jsonl only.",
+            "",
+        ]
+        ok = shown or ok
     commits = sorted({r.get("commit", "?")[:12] for r in ok})
     metric_names = ", ".join(f"{t.name}: `{_metric(t, ok)}`" for t in grid.tasks)
     metric = lambda task, r, ok: r["metrics"].get(_metric(task, ok))  # noqa: E731
-    lines = [f"## {grid.title}", ""]
-    lines += [
-        f"{len(ok)} of {expected} runs ({state}); seeds {list(grid.seeds)}; commit {', '.join(commits)}.",
-        "",
-    ]
+    lines += [f"Runs shown: {len(ok)}; grid seeds {list(grid.seeds)}; commit {', '.join(commits)}.", ""]
     lines += [f"Test metric ×100, mean ± std over seeds ({metric_names}):", ""]
     lines += _table(grid, ok, metric, 100.0, average=True)
     lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]

@@ -104,7 +104,7 @@ def test_tables_are_mean_and_sample_std_over_seeds_with_an_average(fake) -> None
     row = next(line for line in text.splitlines() if line.startswith("| LoRA-nBAR"))
     assert row.split(" | ")[1] == f"{mean_a:.1f} ± {std_a:.1f}"
     assert row.rstrip(" |").split(" | ")[-1] == f"{avg:.1f}"
-    assert "12 of 12 runs (complete)" in text
+    assert "Runs shown: 12;" in text and "PARTIAL" not in text
     assert "b: `test/accuracy`" in text  # no metric given: the first test metric that is not a loss
 
 
@@ -188,3 +188,16 @@ def test_plot_without_logs_says_what_to_run(tmp_path: Path) -> None:
 def test_tables_only_without_runs_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"no runs\.jsonl in"):
         reproduce.main(["--tables-only", "--out", str(tmp_path / "empty")])
+
+
+def test_partial_grid_is_tabulated_over_its_complete_seeds(fake) -> None:
+    settings, _ = fake
+    settings.out.mkdir()
+    reproduce.run_grid(GRID, settings, jobs=2)
+    rows = read_rows(settings.out / "runs.jsonl")
+    kept = [r for r in rows if not (r["seed"] == 2 and r["method"] == "sam" and r["task"] == "a")]
+    (settings.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    text = reproduce.write_tables(settings.out, reproduce.GRIDS).read_text()
+    assert "PARTIAL: 11 of 12 runs finished" in text and "[1]; 5 runs of unfinished seeds" in text
+    row = next(line for line in text.splitlines() if line.startswith("| LoRA-nBAR"))
+    assert row.split(" | ")[1] == f"{100 * (0.5 + 0.1 + 0.01):.1f} (n = 1)"  # seed 1 only
