@@ -36,12 +36,9 @@ from lit_bar.export import (
     UNSAVED_HPARAMS,
     as_lora_settings,
     classification_rows,
-    drop_frozen_weights,
-    load_adapter,
     plain_hparams,
-    restore_frozen_weights,
 )
-from lit_bar.sam_module import SAMModule
+from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.language_model import (
     decode_continuations,
     load_causal_lm,
@@ -50,14 +47,14 @@ from lit_bar.tasks.language_model import (
     stop_token_ids,
     target_index,
 )
-from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
+from lit_bar.tasks.lora import LoraSettings, apply_lora
 
 __all__ = ["CausalLMTask", "candidate_score_matrix"]
 
 STAGES = ("val", "test")
 
 
-class CausalLMTask(SAMModule):
+class CausalLMTask(LoRATask):
     """Candidate scoring / answer generation with a causal LM, trained by SAM, BAR or plain LoRA.
 
     Args:
@@ -97,9 +94,7 @@ class CausalLMTask(SAMModule):
         self.stop_at_newline = stop_at_newline
         model, self.tokenizer = load_causal_lm(model_name_or_path, trust_remote_code, model_kwargs)
         self.model = apply_lora(model, as_lora_settings(lora)).train()  # from_pretrained: eval mode
-        if adapter_path is not None:
-            load_adapter(self.model, adapter_path)
-        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
+        self.restore_adapter(adapter_path)
         self.accuracy = torch.nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
         self.squad = torch.nn.ModuleDict({stage: SQuAD() for stage in STAGES})
 
@@ -119,11 +114,6 @@ class CausalLMTask(SAMModule):
         if isinstance(batch, dict) and "example_index" in batch and "target_index" not in batch:
             batch["target_index"] = target_index(batch["labels"])
         return batch
-
-    @override
-    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
-        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -176,18 +166,6 @@ class CausalLMTask(SAMModule):
             elif "candidates" in batch:
                 row["candidate"] = batch["candidates"][b][row["label"]]
         return rows
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
-        super().on_save_checkpoint(checkpoint)
-        drop_frozen_weights(self, checkpoint)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        restore_frozen_weights(self, checkpoint)
-        self.weights_source = "checkpoint"
 
     @torch.no_grad()
     def generate_answers(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:

@@ -34,14 +34,11 @@ from typing_extensions import override
 from lit_bar.export import (
     UNSAVED_HPARAMS,
     as_lora_settings,
-    drop_frozen_weights,
-    load_adapter,
     plain_hparams,
-    restore_frozen_weights,
 )
-from lit_bar.sam_module import SAMModule
+from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss
-from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
+from lit_bar.tasks.lora import LoraSettings, apply_lora
 
 __all__ = ["SUBSETS", "DataToTextGenerator", "FusedQKVSplit", "split_fused_qkv"]
 
@@ -83,7 +80,7 @@ def split_fused_qkv(model: nn.Module, name: str = "c_attn") -> int:
     return count
 
 
-class DataToTextGenerator(SAMModule):
+class DataToTextGenerator(LoRATask):
     """Causal LM generating text from linearised data, trained by SAM, BAR or plain LoRA.
 
     Args:
@@ -143,17 +140,10 @@ class DataToTextGenerator(SAMModule):
         if split_qkv and not split_fused_qkv(model):
             raise ValueError(f"split_qkv=True but {model_name_or_path!r} has no fused c_attn Conv1D to split")
         self.model = apply_lora(model, as_lora_settings(lora)).train()  # from_pretrained: eval mode
-        if adapter_path is not None:
-            load_adapter(self.model, adapter_path)
-        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
+        self.restore_adapter(adapter_path)
         self.bleu = nn.ModuleDict(
             {f"{stage}_{subset}": _bleu_metric() for stage in STAGES for subset in SUBSETS}
         )
-
-    @override
-    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
-        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -184,18 +174,6 @@ class DataToTextGenerator(SAMModule):
     ) -> list[dict[str, Any]]:
         """One row per input: the beam-search ``text``."""
         return [{"text": text} for text in self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])]
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
-        super().on_save_checkpoint(checkpoint)
-        drop_frozen_weights(self, checkpoint)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        restore_frozen_weights(self, checkpoint)
-        self.weights_source = "checkpoint"
 
     @torch.no_grad()
     def generate_texts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:

@@ -19,14 +19,11 @@ from lit_bar.export import (
     UNSAVED_HPARAMS,
     as_lora_settings,
     classification_rows,
-    drop_frozen_weights,
-    load_adapter,
     plain_hparams,
-    restore_frozen_weights,
 )
 from lit_bar.hub import resolve_pretrained
-from lit_bar.sam_module import SAMModule
-from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights, lora_parameter_groups
+from lit_bar.tasks.base import LoRATask
+from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights
 from lit_bar.tasks.metrics import build_metrics, default_metrics
 
 __all__ = ["MODEL_INPUTS", "SequenceClassifier"]
@@ -39,7 +36,7 @@ _GLUE_LORA = LoraSettings(
 )
 
 
-class SequenceClassifier(SAMModule):
+class SequenceClassifier(LoRATask):
     """A pretrained encoder + classification head, LoRA-finetuned, with SAM/BAR from the method config.
 
     Args:
@@ -94,9 +91,7 @@ class SequenceClassifier(SAMModule):
                 raise ValueError("init_adapter needs LoRA (lora: null finetunes the whole model)")
             load_adapter_weights(self.model, init_adapter)
         self.label_names = self._label_names(label_names or info.get("label_names"))
-        if adapter_path is not None:
-            load_adapter(self.model, adapter_path)
-        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
+        self.restore_adapter(adapter_path)
 
     def _load_backbone(self, name: str, trust_remote_code: bool) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -122,11 +117,6 @@ class SequenceClassifier(SAMModule):
         return [str(name) for name in names]
 
     # ----------------------------------------------------------------- what SAMModule asks for
-    @override
-    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
-        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
-
     @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(batch, num_labels)``; scores ``(batch,)`` for regression."""
@@ -182,15 +172,3 @@ class SequenceClassifier(SAMModule):
         if self.num_labels == 1:
             return [{"value": value} for value in outputs.float().tolist()]
         return classification_rows(outputs, self.label_names, "label_name")
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
-        super().on_save_checkpoint(checkpoint)
-        drop_frozen_weights(self, checkpoint)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        restore_frozen_weights(self, checkpoint)
-        self.weights_source = "checkpoint"

@@ -18,15 +18,12 @@ from lit_bar.export import (
     UNSAVED_HPARAMS,
     as_lora_settings,
     classification_rows,
-    drop_frozen_weights,
-    load_adapter,
     plain_hparams,
-    restore_frozen_weights,
 )
 from lit_bar.hub import resolve_pretrained
-from lit_bar.sam_module import SAMModule
+from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.glue import MODEL_INPUTS
-from lit_bar.tasks.lora import LoraSettings, apply_lora, lora_parameter_groups
+from lit_bar.tasks.lora import LoraSettings, apply_lora
 from lit_bar.tasks.metrics import build_metrics
 
 __all__ = ["PromptMLMClassifier"]
@@ -34,7 +31,7 @@ __all__ = ["PromptMLMClassifier"]
 _PROMPT_LORA = LoraSettings(r=8, lora_alpha=16, target_modules=["query", "value"])
 
 
-class PromptMLMClassifier(SAMModule):
+class PromptMLMClassifier(LoRATask):
     """A masked LM scoring label words at the mask, LoRA-finetuned, with SAM/BAR from the method config.
 
     Args:
@@ -79,9 +76,7 @@ class PromptMLMClassifier(SAMModule):
         self.model = apply_lora(backbone, as_lora_settings(lora))
         self.model.train()  # from_pretrained returns eval mode, which Lightning keeps: no dropout otherwise
         self.label_words = list(info["label_words"]) if info.get("label_words") else None
-        if adapter_path is not None:
-            load_adapter(self.model, adapter_path)
-        self.weights_source = adapter_path  # trained weights' origin (on_load_checkpoint: "checkpoint")
+        self.restore_adapter(adapter_path)
 
     @override
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -94,11 +89,6 @@ class PromptMLMClassifier(SAMModule):
                     f"{per_row.tolist()} (a template without <mask>, or a prompt cut by max_length?)"
                 )
         return batch
-
-    @override
-    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-        """Trainable parameters; with ``lora.loraplus_lr_ratio`` the B factors get their own group (LoRA+)."""
-        return lora_parameter_groups(self, as_lora_settings(self.hparams.get("lora")))
 
     @override
     def compute_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -140,15 +130,3 @@ class PromptMLMClassifier(SAMModule):
     ) -> list[dict[str, Any]]:
         """One row per example: ``label``, ``label_word`` (when the data names them), ``probabilities``."""
         return classification_rows(self.compute_outputs(batch), self.label_words, "label_word")
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen pretrained base out: it is reloaded from ``model_name_or_path``."""
-        super().on_save_checkpoint(checkpoint)
-        drop_frozen_weights(self, checkpoint)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        restore_frozen_weights(self, checkpoint)
-        self.weights_source = "checkpoint"
