@@ -35,6 +35,7 @@ __all__ = [
     "bar_signs",
     "finite_gradients",
     "mu_at",
+    "validate_bar_settings",
     "validate_mode",
     "validate_schedule",
 ]
@@ -55,6 +56,25 @@ def validate_schedule(schedule: str) -> str:
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown μ schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
     return schedule
+
+
+def validate_bar_settings(
+    mode: str, mu: float, schedule: str, total_steps: int | None
+) -> tuple[str, float, str, int | None]:
+    """Check BAR's four settings (every front end takes the same ones) and return them, μ as a float.
+
+    Raises:
+        ValueError: naming the bad value and what is allowed.
+    """
+    validate_mode(mode)
+    validate_schedule(schedule)
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < math.inf:
+        raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
+    if total_steps is not None and (
+        isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    ):
+        raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+    return mode, float(mu), schedule, total_steps
 
 
 def mu_at(mu: float, step: int, total_steps: int, schedule: str = "constant") -> float:
@@ -222,19 +242,14 @@ class BAR:
         schedule: str = "constant",
         total_steps: int | None = None,
     ) -> None:
-        self.mode = validate_mode(mode)
-        self.schedule = validate_schedule(schedule)
-        if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < math.inf:
-            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        self.mode, self.mu, self.schedule, self.total_steps = validate_bar_settings(
+            mode, mu, schedule, total_steps
+        )
         self.pairs = module_pairs(pairs) if isinstance(pairs, nn.Module) else list(pairs)
         if not self.pairs:
             raise ValueError(
                 "BAR needs at least one FactorPair, got none (a module without peft LoRA layers?)"
             )
-        self.mu = float(mu)
-        self.total_steps = total_steps
         self.steps_taken = 0
         self.branch_counts = torch.zeros(2, device=self.pairs[0].x.device)
         self._groups: tuple[int, list[int], list[int]] | None = None

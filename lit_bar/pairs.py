@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FactorPair", "balancedness", "find_lora_pairs", "module_pairs", "pairs_from_names"]
+__all__ = [
+    "FactorPair",
+    "balancedness",
+    "find_lora_pairs",
+    "module_pairs",
+    "pairs_from_names",
+    "resolve_pairs",
+]
 
 # Factor names of peft's plain LoRA layer; any other factor (AdaLoRA's ``lora_E``) breaks the pair.
 _LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
@@ -128,6 +135,41 @@ def module_pairs(module: nn.Module) -> list[FactorPair]:
     if callable(declared):
         return list(declared())
     return find_lora_pairs(module)
+
+
+def resolve_pairs(
+    module: nn.Module, spec: Iterable[tuple[str, str]] | Iterable[FactorPair] | None, owner: str
+) -> list[FactorPair]:
+    """The pairs a BAR front end regularises: ``spec`` as given, or the module's own (``None``).
+
+    Args:
+        module: The model (names in ``spec`` are its parameter names).
+        spec: ``None`` (:func:`module_pairs`), :class:`FactorPair` objects, or
+            ``(x_parameter_name, y_parameter_name)`` tuples.
+        owner: Who asks, for the error messages (e.g. ``"BalancednessCallback"``).
+
+    Raises:
+        ValueError: no pair was found, or a pair has a factor with ``requires_grad=False``.
+    """
+    if spec is None:
+        pairs = module_pairs(module)
+    else:
+        spec = list(spec)
+        pairs = spec if all(isinstance(p, FactorPair) for p in spec) else pairs_from_names(module, spec)
+    if not pairs:
+        raise ValueError(
+            f"{owner} found no scale-invariant pairs in {type(module).__name__}: it looked for a "
+            "factor_pairs() method and for peft LoRA layers (lora_A/lora_B, lora_embedding_A/B) with an "
+            "active, unmerged, trainable adapter. Wrap the model with peft LoRA, or pass "
+            "pairs=[(x_name, y_name), ...]"
+        )
+    frozen = [p.name for p in pairs if not (p.x.requires_grad and p.y.requires_grad)]
+    if frozen:
+        raise ValueError(
+            f"{owner} needs gradients, but these pairs have a factor with requires_grad=False: "
+            f"{frozen[:5]}{' ...' if len(frozen) > 5 else ''}"
+        )
+    return list(pairs)
 
 
 def _is_auxiliary(module: nn.Module) -> bool:

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lit_bar.bar import BAR, BarStep, finite_gradients, validate_mode, validate_schedule
-from lit_bar.pairs import FactorPair, balancedness, module_pairs, pairs_from_names
+from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
+from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
 from lit_bar.steps import total_optimizer_steps
 
 __all__ = ["BalancednessCallback"]
@@ -55,14 +55,9 @@ class BalancednessCallback(Callback):
         pairs: Sequence[tuple[str, str]] | Sequence[FactorPair] | None = None,
         log_per_pair: bool = False,
     ) -> None:
-        self.mode = validate_mode(mode)
-        self.schedule = validate_schedule(schedule)
-        if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < float("inf"):
-            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
-        self.mu = float(mu)
-        self.total_steps = total_steps
+        self.mode, self.mu, self.schedule, self.total_steps = validate_bar_settings(
+            mode, mu, schedule, total_steps
+        )
         self.pair_spec = list(pairs) if pairs is not None else None
         self.log_per_pair = log_per_pair
         self.bar: BAR | None = None
@@ -82,35 +77,13 @@ class BalancednessCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        pairs = self._resolve_pairs(pl_module)
-        frozen = [p.name for p in pairs if not (p.x.requires_grad and p.y.requires_grad)]
-        if frozen:
-            raise ValueError(
-                "BalancednessCallback needs gradients, but these pairs have a factor with "
-                "requires_grad=False: "
-                f"{frozen[:5]}{' ...' if len(frozen) > 5 else ''}"
-            )
+        pairs = resolve_pairs(pl_module, self.pair_spec, "BalancednessCallback")
         self.bar = BAR(pairs, self.mode, self.mu, self.schedule, self.total_steps)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
         rank_zero_info(
             f"BalancednessCallback: {self.mode} on {len(pairs)} pairs, mu={self.mu} ({self.schedule})"
         )
-
-    def _resolve_pairs(self, pl_module: pl.LightningModule) -> list[FactorPair]:
-        if self.pair_spec is None:
-            pairs = module_pairs(pl_module)
-            if not pairs:
-                raise ValueError(
-                    "BalancednessCallback found no scale-invariant pairs in "
-                    f"{type(pl_module).__name__}: it looked for peft LoRA layers (lora_A/lora_B, "
-                    "lora_embedding_A/B) with an active, unmerged, trainable "
-                    "adapter. Wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
-                )
-            return pairs
-        if all(isinstance(p, FactorPair) for p in self.pair_spec):
-            return list(self.pair_spec)
-        return pairs_from_names(pl_module, self.pair_spec)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -31,14 +31,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 from transformers.utils import logging
 from typing_extensions import override
 
-from lit_bar.bar import BAR, BarStep, finite_gradients, validate_mode, validate_schedule
-from lit_bar.pairs import FactorPair, balancedness, module_pairs, pairs_from_names
+from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
+from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
 
 __all__ = ["BalancednessTrainerCallback"]
 
@@ -75,14 +74,9 @@ class BalancednessTrainerCallback(TrainerCallback):
         total_steps: int | None = None,
         pairs: Sequence[tuple[str, str]] | Sequence[FactorPair] | None = None,
     ) -> None:
-        self.mode = validate_mode(mode)
-        self.schedule = validate_schedule(schedule)
-        if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 <= mu < float("inf"):
-            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
-        self.mu = float(mu)
-        self.total_steps = total_steps
+        self.mode, self.mu, self.schedule, self.total_steps = validate_bar_settings(
+            mode, mu, schedule, total_steps
+        )
         self.pair_spec = list(pairs) if pairs is not None else None
         self.bar: BAR | None = None
         self._last: tuple[BarStep, torch.Tensor] | None = None
@@ -92,28 +86,11 @@ class BalancednessTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs["model"]
-        pairs = self._resolve_pairs(model)
+        pairs = resolve_pairs(model, self.pair_spec, "BalancednessTrainerCallback")
         total = self.total_steps or (state.max_steps if state.max_steps > 0 else None)
         self.bar = BAR(pairs, self.mode, self.mu, self.schedule, total)
         _move_to_front(self)
         logger.info(f"BalancednessTrainerCallback: {self.mode} on {len(pairs)} pairs, mu={self.mu}")
-
-    def _resolve_pairs(self, model: nn.Module) -> list[FactorPair]:
-        if self.pair_spec is None:
-            pairs = module_pairs(model)
-        elif all(isinstance(p, FactorPair) for p in self.pair_spec):
-            pairs = list(self.pair_spec)
-        else:
-            pairs = pairs_from_names(model, self.pair_spec)
-        if not pairs:
-            raise ValueError(
-                f"BalancednessTrainerCallback found no scale-invariant pairs in {type(model).__name__}: "
-                "wrap the model with peft LoRA, or pass pairs=[(x_name, y_name), ...]"
-            )
-        frozen = [p.name for p in pairs if not (p.x.requires_grad and p.y.requires_grad)]
-        if frozen:
-            raise ValueError(f"BalancednessTrainerCallback: pairs with a frozen factor: {frozen[:5]}")
-        return pairs
 
     @override
     def on_pre_optimizer_step(
