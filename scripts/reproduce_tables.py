@@ -72,7 +72,7 @@ def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int
             cells.append(format_cell(values, len(grid.seeds), scale, digits))
             means.append(statistics.fmean(values) * scale if values else None)
         if average:
-            cells.append(f"{statistics.fmean(means):.1f}" if None not in means else "—")
+            cells.append(f"{statistics.fmean(means):.{digits}f}" if None not in means else "—")
         lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -81,6 +81,15 @@ def complete_seeds(grid, ok: list[dict]) -> list[int]:
     """Seeds for which every (task, method) cell of the grid has an ``ok`` row."""
     have = {(r["task"], r["method"], r["seed"]) for r in ok}
     return [s for s in grid.seeds if all((t.name, m, s) in have for t in grid.tasks for m in grid.methods)]
+
+
+def _paired(task, row: dict, ok: list[dict], base: str) -> float | None:
+    """``row``'s metric minus the same task and seed's ``base``-method metric (None if that is missing)."""
+    name = _metric(task, ok)
+    match = [r for r in ok if (r["task"], r["method"], r["seed"]) == (row["task"], base, row["seed"])]
+    if not match or name not in row["metrics"] or name not in match[0]["metrics"]:
+        return None
+    return row["metrics"][name] - match[0]["metrics"][name]
 
 
 def tables_markdown(grid, rows: list[dict]) -> list[str]:
@@ -109,6 +118,12 @@ def tables_markdown(grid, rows: list[dict]) -> list[str]:
     lines += [f"Runs shown: {len(ok)}; grid seeds {list(grid.seeds)}; commit {', '.join(commits)}.", ""]
     lines += [f"Test metric ×100, mean ± std over seeds ({metric_names}):", ""]
     lines += _table(grid, ok, metric, 100.0, average=True)
+    from reproduce_grids import METHOD_NAMES
+
+    base = grid.methods[0]
+    name = METHOD_NAMES.get(base, base)
+    lines += ["", f"Difference to {name}, paired by seed (same data sample and initialisation), ×100:", ""]
+    lines += _table(grid, ok, lambda task, r, ok: _paired(task, r, ok, base), 100.0, average=True, digits=2)
     lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]
     lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False, digits=3)
     lines += ["", "Wall time per run, s (fit then test, in one child process per run):", ""]

@@ -105,6 +105,9 @@ def test_tables_are_mean_and_sample_std_over_seeds_with_an_average(fake) -> None
     assert row.split(" | ")[1] == f"{mean_a:.1f} ± {std_a:.1f}"
     assert row.rstrip(" |").split(" | ")[-1] == f"{avg:.1f}"
     assert "Runs shown: 12;" in text and "PARTIAL" not in text
+    paired = text.split("Difference to LoRA, paired by seed")[1]
+    nbar = next(line for line in paired.splitlines() if line.startswith("| LoRA-nBAR"))
+    assert nbar == "| LoRA-nBAR | 10.00 ± 0.00 | 10.00 ± 0.00 | 10.00 |"  # + 0.1 in every seed and task
     assert "b: `test/accuracy`" in text  # no metric given: the first test metric that is not a loss
 
 
