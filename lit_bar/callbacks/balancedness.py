@@ -99,7 +99,8 @@ class BalancednessCallback(Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             keep = finite_gradients(optimizer)  # 0 on the steps the GradScaler skips
         result = self.bar.apply(optimizer, trainer.global_step, keep)
-        if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # logging costs more than BAR itself
+        every = trainer.log_every_n_steps  # 0: Lightning logs nothing
+        if every and (trainer.global_step + 1) % every == 0:  # logging costs more than BAR itself
             self._log(pl_module, result)
 
     def _log(self, pl_module: pl.LightningModule, result: BarStep) -> None:

@@ -201,9 +201,10 @@ def test_resume_from_checkpoint_equals_straight_run(tmp_path):
     assert_params_close(_trainable(resumed), _trainable(straight), atol=1e-6)
 
 
-@pytest.mark.parametrize("every, logged", [(2, True), (3, False)])
+@pytest.mark.parametrize("every, logged", [(2, True), (3, False), (0, False)])
 def test_balancedness_is_logged_only_on_logging_steps(every, logged):
-    """BAR runs every step, but its metrics are logged only every ``log_every_n_steps`` (2 steps here)."""
+    """BAR runs every step, but its metrics are logged only every ``log_every_n_steps`` (2 steps here);
+    ``log_every_n_steps=0`` (Lightning logs nothing) logs nothing and still applies BAR."""
     x, y = make_data(16)
     callback = CountingBalancedness(mu=MU)
     run = fit(
