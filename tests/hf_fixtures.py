@@ -75,6 +75,12 @@ def all_texts(splits: dict[str, list[dict]]) -> list[str]:
     return [v for rows in splits.values() for row in rows for v in row.values() if isinstance(v, str)]
 
 
+def tiny_sst2(base: Path, train: int = 16, validation: int = 8) -> tuple[Path, Path]:
+    """A tiny random RoBERTa folder and SST-2-schema train/validation files under ``base``."""
+    splits = {"train": sentence_rows(train, 0, "tr"), "validation": sentence_rows(validation, 1, "va")}
+    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+
+
 def read_metrics(log_dir: Path) -> dict[str, float]:
     """The last logged value of each column of every ``metrics.csv`` under ``log_dir``."""
     import csv

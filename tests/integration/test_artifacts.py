@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import all_texts, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import tiny_sst2
 
 from lit_bar.callbacks import AdapterExport, PredictionWriter
 from lit_bar.data.glue import GlueDataModule
@@ -29,9 +29,8 @@ NAMES = ["negative", "positive"]
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    base = tmp_path_factory.mktemp("artifacts")
-    splits = {"train": sentence_rows(12, 0, "tr"), "validation": sentence_rows(6, 1, "va")}
-    return str(tiny_roberta(base / "model", all_texts(splits))), str(write_rows(base / "data", splits))
+    model, data = tiny_sst2(tmp_path_factory.mktemp("artifacts"), train=12, validation=6)
+    return str(model), str(data)
 
 
 class BestFirst(pl.Callback):

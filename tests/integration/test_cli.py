@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import ROOT, tiny_sst2
 
 from lit_bar import __version__
 from lit_bar.callbacks.balancedness import BalancednessCallback
@@ -115,9 +115,7 @@ def test_toy_config_composes_with_nbar_without_a_pairs_flag(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("cli")
-    splits = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(8, 1, "va")}
-    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+    return tiny_sst2(tmp_path_factory.mktemp("cli"))
 
 
 def test_debug_yaml_writes_nothing_into_the_working_directory(

@@ -16,8 +16,8 @@ from hf_fixtures import (
     all_texts,
     pair_rows,
     read_metrics,
-    sentence_rows,
     tiny_roberta,
+    tiny_sst2,
     write_rows,
 )
 
@@ -26,9 +26,7 @@ from lit_bar.cli import main
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("glue")
-    splits = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(8, 1, "va")}
-    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+    return tiny_sst2(tmp_path_factory.mktemp("glue"))
 
 
 def _args(

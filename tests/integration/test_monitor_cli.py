@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, read_metrics, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import ROOT, read_metrics, tiny_sst2
 
 from lit_bar.cli import main
 
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("monitor")
-    splits = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(8, 1, "va")}
-    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+    return tiny_sst2(tmp_path_factory.mktemp("monitor"))
 
 
 def _fit(model: Path, data: Path, method: str, root: Path, *extra: str) -> None:

@@ -10,16 +10,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import METHODS, ROOT, all_texts, read_metrics, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import METHODS, ROOT, read_metrics, tiny_sst2
 
 from lit_bar.cli import main
 
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("prompt")
-    splits = {"train": sentence_rows(24, 0, "tr"), "validation": sentence_rows(6, 1, "va")}
-    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+    return tiny_sst2(tmp_path_factory.mktemp("prompt"), train=24, validation=6)
 
 
 def _args(model: Path, data: Path, method: str, out: Path) -> list[str]:

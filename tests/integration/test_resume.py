@@ -27,7 +27,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
+from hf_fixtures import ROOT, tiny_sst2
 
 from lit_bar.callbacks import BalancednessCallback
 from lit_bar.cli import main
@@ -42,9 +42,7 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("resume")
-    splits = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(4, 1, "va")}
-    return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
+    return tiny_sst2(tmp_path_factory.mktemp("resume"), train=16, validation=4)
 
 
 class SaveAfter(pl.Callback):
