@@ -81,6 +81,35 @@ def tiny_sst2(base: Path, train: int = 16, validation: int = 8) -> tuple[Path, P
     return tiny_roberta(base / "model", all_texts(splits)), write_rows(base / "data", splits)
 
 
+def glue_cli_args(
+    model: Path,
+    data: Path,
+    method: str,
+    out: Path,
+    config: str = "roberta-large_sst2.yaml",
+    logger: bool = True,
+) -> list[str]:
+    """``lit-bar`` arguments of a tiny GLUE run: task file + method file + debug.yaml, batch 4, checkpoints
+    in ``out``, and (``logger``) a CSV logger under ``out/logs`` (:func:`read_metrics` reads it)."""
+    args = [
+        "--config", str(ROOT / "configs/glue" / config),
+        "--config", str(ROOT / "configs/method" / f"{method}.yaml"),
+        "--config", str(ROOT / "configs/debug.yaml"),
+        "--model.init_args.model_name_or_path", str(model),
+        "--data.init_args.data_dir", str(data),
+        "--data.init_args.batch_size", "4",
+        "--trainer.default_root_dir", str(out),
+        "--trainer.enable_checkpointing", "true",
+    ]  # fmt: skip
+    if logger:
+        csv = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out / "logs")},
+        }
+        args += ["--trainer.logger", json.dumps(csv)]
+    return args
+
+
 def read_metrics(log_dir: Path) -> dict[str, float]:
     """The last logged value of each column of every ``metrics.csv`` under ``log_dir``."""
     import csv

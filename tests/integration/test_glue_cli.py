@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_fixtures import (
     METHODS,
-    ROOT,
     all_texts,
+    glue_cli_args,
     pair_rows,
     read_metrics,
     tiny_roberta,
@@ -29,27 +28,10 @@ def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_sst2(tmp_path_factory.mktemp("glue"))
 
 
-def _args(
-    model: Path, data: Path, method: str, out: Path, config: str = "roberta-large_sst2.yaml"
-) -> list[str]:
-    return [
-        "--config", str(ROOT / "configs/glue" / config),
-        "--config", str(ROOT / "configs/method" / f"{method}.yaml"),
-        "--config", str(ROOT / "configs/debug.yaml"),
-        "--model.init_args.model_name_or_path", str(model),
-        "--data.init_args.data_dir", str(data),
-        "--data.init_args.batch_size", "4",
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                        "init_args": {"save_dir": str(out / "logs")}}),
-        "--trainer.enable_checkpointing", "true",
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_fit_then_test(sst2_like: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     model, data = sst2_like
-    main(["fit", *_args(model, data, method, tmp_path)])
+    main(["fit", *glue_cli_args(model, data, method, tmp_path)])
     fitted = read_metrics(tmp_path / "logs")
     assert torch.isfinite(torch.tensor(fitted["train/loss"]))
     assert 0.0 <= fitted["val/accuracy"] <= 1.0
@@ -59,7 +41,7 @@ def test_fit_then_test(sst2_like: tuple[Path, Path], tmp_path: Path, method: str
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert any("lora_B" in k for k in state) and any("classifier" in k for k in state)
 
-    main(["test", *_args(model, data, method, tmp_path / "test"), "--ckpt_path", str(ckpt)])
+    main(["test", *glue_cli_args(model, data, method, tmp_path / "test"), "--ckpt_path", str(ckpt)])
     tested = read_metrics(tmp_path / "test" / "logs")
     # validation is GLUE's reported split: the checkpoint's test numbers are its last validation's
     assert tested["test/loss"] == pytest.approx(fitted["val/loss"], rel=1e-5)
@@ -83,7 +65,7 @@ def test_regression_and_two_test_splits(tmp_path: Path, kind: str) -> None:
     splits = _pair_splits(kind)
     model = tiny_roberta(tmp_path / "model", all_texts(splits))
     data = write_rows(tmp_path / "data", splits)
-    args = _args(model, data, "lora", tmp_path / "run", config=f"roberta-large_{kind}.yaml")
+    args = glue_cli_args(model, data, "lora", tmp_path / "run", config=f"roberta-large_{kind}.yaml")
     if kind == "mnli":  # the offline overrides the MNLI file documents
         args += ["--data.init_args.validation_split", "validation"]
         args += ["--data.init_args.test_splits", "[validation, test]"]

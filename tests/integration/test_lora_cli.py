@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, read_metrics, tiny_sst2
+from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
 
 from lit_bar.cli import main
 
@@ -61,22 +61,8 @@ def sst2_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def fit(model: Path, data: Path, method: str, out: Path, *lora: str) -> dict[str, float]:
     """``lit-bar fit`` on the GLUE SST-2 file + a method file + debug, with ``lora`` overrides."""
-    main(
-        [
-            "fit",
-            "--config", str(ROOT / "configs/glue/roberta-large_sst2.yaml"),
-            "--config", str(ROOT / "configs/method" / f"{method}.yaml"),
-            "--config", str(ROOT / "configs/debug.yaml"),
-            "--model.init_args.model_name_or_path", str(model),
-            "--data.init_args.data_dir", str(data),
-            "--data.init_args.batch_size", "4",
-            "--trainer.default_root_dir", str(out),
-            "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                            "init_args": {"save_dir": str(out / "logs")}}),
-            "--trainer.callbacks+", json.dumps({"class_path": f"{__name__}.Recorder"}),
-            *lora,
-        ]
-    )  # fmt: skip
+    recorder = json.dumps({"class_path": f"{__name__}.Recorder"})
+    main(["fit", *glue_cli_args(model, data, method, out), "--trainer.callbacks+", recorder, *lora])
     return read_metrics(out / "logs")
 
 
