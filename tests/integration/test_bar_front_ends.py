@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_balancedness_callback import lora_factors, make_lora_net
-from tiny_sam import TinyPlain, assert_params_close, batches, fit, loader, make_data, max_diff
+from tiny_sam import Rows, TinyPlain, assert_params_close, batches, fit, loader, make_data, max_diff
 from torch import nn
 
 from lit_bar.bar import BAR
@@ -151,17 +151,6 @@ class LoraRegressor(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": F.mse_loss(self.net(x), labels)}
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.y[i]}
 
 
 def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4, **extra):

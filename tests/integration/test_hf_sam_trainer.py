@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_sam import TinySAM, adamw, batches, fit, hand_sam, loader, make_data, make_net, max_diff
+from tiny_sam import Rows, TinySAM, adamw, batches, fit, hand_sam, loader, make_data, make_net, max_diff
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
@@ -34,17 +34,6 @@ class Regressor(nn.Module):
         if labels is not None:
             out["loss"] = F.mse_loss(logits, labels)
         return out
-
-
-class Rows(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.y[i]}
 
 
 def train(net: nn.Module, x, y, tmp_path, trainer_cls=SAMTrainer, **kwargs) -> Trainer:

@@ -252,3 +252,16 @@ def hand_sam(
         if scheduler is not None:
             scheduler.step()
     return optimizer
+
+
+class Rows(torch.utils.data.Dataset):
+    """Rows ``{"x": x[i], "labels": y[i]}``: :func:`make_data` for the transformers ``Trainer``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
