@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 from typing_extensions import override
 
@@ -79,7 +80,7 @@ class BalancednessTrainerCallback(TrainerCallback):
         )
         self.pair_spec = list(pairs) if pairs is not None else None
         self.bar: BAR | None = None
-        self._last: tuple[BarStep, torch.Tensor] | None = None
+        self._last: tuple[BarStep, torch.Tensor | None] | None = None
 
     @override
     def on_train_begin(
@@ -100,8 +101,10 @@ class BalancednessTrainerCallback(TrainerCallback):
         scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer holds the GradScaler
         keep = finite_gradients(optimizer) if scaler is not None else None  # 0 on the steps it skips
         result = self.bar.apply(optimizer, state.global_step, keep)
-        # |B| after BAR, before the optimizer step (as BalancednessCallback logs it): on the device, no sync
-        self._last = (result, balancedness(self.bar.pairs).abs().mean())
+        # |B| after BAR, before the optimizer step (as BalancednessCallback logs it): on the device, no
+        # sync, and only when this step will be logged (nothing extra on the other steps)
+        logged = _will_log(args, state)
+        self._last = (result, balancedness(self.bar.pairs).abs().mean() if logged else None)
 
     @override
     def on_log(
@@ -112,8 +115,8 @@ class BalancednessTrainerCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if logs is None or self._last is None or "loss" not in logs:  # training logs only
-            return
+        if logs is None or self._last is None or self._last[1] is None or "loss" not in logs:
+            return  # training logs of a step whose values were taken only
         values = self.log_values()
         logs.update(values)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
@@ -135,6 +138,17 @@ class BalancednessTrainerCallback(TrainerCallback):
             "bar/pairs_plus": numbers[1],
             "bar/pairs_minus": numbers[2],
         }
+
+
+def _will_log(args: TrainingArguments, state: TrainerState) -> bool:
+    """Whether the optimizer step about to run will be logged (transformers' ``DefaultFlowCallback``
+    rule, read before ``global_step`` counts it); ``True`` for strategies that are not step-based."""
+    step = state.global_step + 1
+    if step == 1 and args.logging_first_step:
+        return True
+    if args.logging_strategy != IntervalStrategy.STEPS:
+        return args.logging_strategy != IntervalStrategy.NO
+    return step % state.logging_steps == 0
 
 
 def _move_to_front(callback: TrainerCallback) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from lit_bar.bar import BAR
 from lit_bar.callbacks.balancedness import BalancednessCallback
+from lit_bar.pairs import balancedness
 
 LR, MU = 0.1, 0.5
 
@@ -163,8 +164,9 @@ def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4
     model = LoraRegressor(net)
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, max_grad_norm=0.0, logging_steps=1, report_to="none", use_cpu=True,
-        save_strategy="no", lr_scheduler_type="constant", disable_tqdm=True, seed=0, **extra,
+        num_train_epochs=1, max_grad_norm=0.0, report_to="none", use_cpu=True,
+        save_strategy="no", lr_scheduler_type="constant", disable_tqdm=True, seed=0,
+        **{"logging_steps": 1, **extra},
     )  # fmt: skip
     optimizer = lora_plus(net)
     trainer = OrderedTrainer(
@@ -206,6 +208,28 @@ def test_trainer_callback_with_accumulation_equals_the_hand_loop_and_lightning(t
     assert [e["bar/abs_balancedness"] for e in recorder.seen if "loss" in e] == pytest.approx(
         history, rel=1e-9
     )
+
+
+def test_trainer_callback_takes_balancedness_only_on_logged_steps(tmp_path, monkeypatch):
+    """4 optimizer steps, ``logging_steps=2``: |B| is computed for steps 2 and 4 only (BAR runs on all)."""
+    import lit_bar.hf.callback as hf_callback
+    from lit_bar.hf import BalancednessTrainerCallback
+
+    calls = []
+
+    def counting(pairs):
+        calls.append(len(pairs))
+        return balancedness(pairs)
+
+    monkeypatch.setattr(hf_callback, "balancedness", counting)
+    x, y = make_data(32)
+    trainer = _hf_train(
+        make_lora_net(), x, y, [BalancednessTrainerCallback(mu=MU)], tmp_path, logging_steps=2
+    )
+    assert trainer.state.global_step == 4
+    assert len(calls) == 2
+    logged = [e["step"] for e in trainer.state.log_history if "bar/abs_balancedness" in e]
+    assert logged == [2, 4]
 
 
 def test_trainer_callback_under_bf16_equals_the_hand_loop_under_bf16_autocast(tmp_path):
