@@ -103,7 +103,7 @@ class BalancednessTrainerCallback(TrainerCallback):
         result = self.bar.apply(optimizer, state.global_step, keep)
         # |B| after BAR, before the optimizer step (as BalancednessCallback logs it): on the device, no
         # sync, and only when this step will be logged (nothing extra on the other steps)
-        logged = _will_log(args, state)
+        logged = will_log(args, state)
         self._last = (result, balancedness(self.bar.pairs).abs().mean() if logged else None)
 
     @override
@@ -140,15 +140,16 @@ class BalancednessTrainerCallback(TrainerCallback):
         }
 
 
-def _will_log(args: TrainingArguments, state: TrainerState) -> bool:
-    """Whether the optimizer step about to run will be logged (transformers' ``DefaultFlowCallback``
-    rule, read before ``global_step`` counts it); ``True`` for strategies that are not step-based."""
+def will_log(args: TrainingArguments, state: TrainerState) -> bool:
+    """Whether the optimizer step in progress will be logged (transformers' ``DefaultFlowCallback``
+    rule, read before ``global_step`` counts it); ``True`` for ``logging_strategy="epoch"`` (known only
+    at the epoch's end), ``False`` for ``"no"``. Shared by this callback and ``SAMTrainer``."""
     step = state.global_step + 1
     if step == 1 and args.logging_first_step:
         return True
     if args.logging_strategy != IntervalStrategy.STEPS:
         return args.logging_strategy != IntervalStrategy.NO
-    return step % state.logging_steps == 0
+    return step % max(int(state.logging_steps), 1) == 0
 
 
 def _move_to_front(callback: TrainerCallback) -> None:

@@ -38,6 +38,7 @@ from transformers import Trainer
 from typing_extensions import override
 
 from lit_bar.engine import SAMEngine
+from lit_bar.hf.callback import will_log
 
 __all__ = ["SAMTrainer"]
 
@@ -176,13 +177,7 @@ class SAMTrainer(Trainer):
 
     def _is_logging_step(self) -> bool:
         """Whether the optimizer step in progress will be logged (``DefaultFlowCallback``'s rule)."""
-        args, step = self.args, self.state.global_step + 1
-        if args.logging_first_step and step == 1:
-            return True
-        strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
-        if strategy == "steps":
-            return step % max(int(self.state.logging_steps), 1) == 0
-        return strategy == "epoch"  # known only at the epoch's end: keep the (cheap) device statistics
+        return will_log(self.args, self.state)
 
 
 class _TrainerFrontEnd:
