@@ -1,7 +1,9 @@
 """Lightning callbacks."""
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
+from lit_bar.callbacks.bilora import BiLoRACallback
 from lit_bar.callbacks.export import AdapterExport
+from lit_bar.callbacks.flatlora import FlatLoRACallback
 from lit_bar.callbacks.learning_rate import LearningRateMonitor
 from lit_bar.callbacks.monitor import BalancednessMonitor
 from lit_bar.callbacks.predictions import PredictionWriter
@@ -10,6 +12,8 @@ __all__ = [
     "AdapterExport",
     "BalancednessCallback",
     "BalancednessMonitor",
+    "BiLoRACallback",
+    "FlatLoRACallback",
     "LearningRateMonitor",
     "PredictionWriter",
 ]
