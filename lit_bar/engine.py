@@ -6,6 +6,8 @@ One optimizer step over a window of k micro-batches, each with weight w_i in the
     ascent   for each micro-batch i:  fork RNG_i;  g += ∇(w_i L_i)       (autograd.grad, no DDP hook)
              [several processes, m unset: all-reduce g once, in g's own dtype]
     perturb  ε = ρ g/‖g‖ (adaptive / preconditioned: lit_bar.optim.perturbation); save w; w += ε
+             (a parameter group's own "rho"/"adaptive" keys set ρ and ASAM for its parameters;
+             ‖g‖ runs over all groups together, as lit_bar.optim.SAM does)
     descent  for each micro-batch i:  replay RNG_i;  backward(w_i L_i(w + ε))
              (Functional-SAM: backward of f_i(w + ε) seeded with the stored clean ∂(w_i L_i)/∂f,
              in the outputs' dtype and already loss-scaled)
@@ -84,6 +86,20 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @dataclass
+class _Settings:
+    """The perturbed parameters of a step and each one's ρ and ASAM flag (from its parameter group)."""
+
+    params: list[torch.Tensor]
+    rho: list[float]
+    adaptive: list[bool]
+
+    @property
+    def sam(self) -> bool:
+        """Whether any parameter is perturbed (every ρ = 0 is plain training)."""
+        return any(r > 0 for r in self.rho)
+
+
+@dataclass
 class _Pending:
     """A micro-batch whose descent pass is still to run: its batch, RNG state and FSAM seed."""
 
@@ -138,7 +154,7 @@ class SAMEngine:
         self,
         front: FrontEnd,
         batch: Any,
-        params: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor] | Sequence[dict[str, Any]],
         weight: float,
         last: bool,
         *,
@@ -155,7 +171,9 @@ class SAMEngine:
         Args:
             front: The framework's side (loss, scaling, backward, no-sync).
             batch: The micro-batch.
-            params: The perturbed (trainable) parameters.
+            params: The perturbed parameters, or the optimizer's ``param_groups``: then the
+                parameters that require a gradient, each group's ``"rho"``/``"adaptive"`` (when
+                present) replacing the engine's for its parameters.
             weight: This micro-batch's weight in the step's objective (1/k for a mean loss).
             last: Whether this micro-batch ends the window (the optimizer step follows).
             optimizer: The base optimizer (needed for ``precondition="adam"``).
@@ -170,17 +188,50 @@ class SAMEngine:
             The micro-batch's clean loss L(w), detached.
         """
         self._logging = logging  # what the window's last micro-batch says decides
-        if self.rho == 0:
+        settings = self.settings(params)
+        if not settings.sam:
             loss = self._plain(front, batch, weight, last)
         elif self.m is not None:
-            loss = self._chunked(front, batch, params, weight, last, optimizer, module, mean_loss)
+            loss = self._chunked(front, batch, settings, weight, last, optimizer, module, mean_loss)
         else:
-            loss = self._ascend(front, batch, params, weight)
+            loss = self._ascend(front, batch, settings.params, weight)
             if last:
-                self._descend_window(front, params, optimizer, module)
+                self._descend_window(front, settings, optimizer, module)
         if last:
-            self._finish(front)
+            self._finish(front, settings.sam)
         return loss
+
+    def settings(self, params: Sequence[torch.Tensor] | Sequence[dict[str, Any]]) -> _Settings:
+        """Each perturbed parameter with its ρ and ASAM flag: a group's ``"rho"``/``"adaptive"``, else
+        the engine's (read at every step, so a change of a group's value takes effect at once).
+
+        Raises:
+            ValueError: A group's ``rho`` that is not a finite number ≥ 0, an ``adaptive`` that is not a
+                bool, or ``adaptive=True`` with ``precondition``.
+        """
+        groups = [g for g in params if isinstance(g, dict)]
+        if not groups:
+            tensors = list(params)
+            return _Settings(tensors, [self.rho] * len(tensors), [self.adaptive] * len(tensors))
+        settings = _Settings([], [], [])
+        for i, group in enumerate(groups):
+            rho, adaptive = group.get("rho", self.rho), group.get("adaptive", self.adaptive)
+            try:
+                rho = validate_rho(rho)
+            except ValueError as err:
+                raise ValueError(f"param group {i}: {err}") from None
+            if not isinstance(adaptive, bool):
+                raise ValueError(f"param group {i}: adaptive must be True or False, got {adaptive!r}")
+            if adaptive and self.precondition is not None:
+                raise ValueError(
+                    f"param group {i}: adaptive=True and precondition={self.precondition!r} are exclusive: "
+                    "choose one way to shape ε"
+                )
+            members = [p for p in group["params"] if p.requires_grad]
+            settings.params += members
+            settings.rho += [rho] * len(members)
+            settings.adaptive += [adaptive] * len(members)
+        return settings
 
     def stats(self) -> dict[str, torch.Tensor]:
         """0-d device tensors of the last finished window: ``loss`` (Σ wᵢ Lᵢ(w)); on logging
@@ -228,9 +279,9 @@ class SAMEngine:
         value = value.detach()
         self._sums[key] = value if key not in self._sums else self._sums[key] + value
 
-    def _finish(self, front: FrontEnd) -> None:
+    def _finish(self, front: FrontEnd, sam: bool) -> None:
         stats = {"loss": self._sums["clean"]}
-        if self.rho > 0 and self._logging:
+        if sam and self._logging:
             if self._ascent_mean is not None:
                 stats["grad_norm"] = self._mean_norm(front, self._ascent_mean, reduced=False)
             if "perturbed" in self._sums:
@@ -270,7 +321,7 @@ class SAMEngine:
     def _descend_window(
         self,
         front: FrontEnd,
-        params: Sequence[torch.Tensor],
+        settings: _Settings,
         optimizer: torch.optim.Optimizer | None,
         module: torch.nn.Module | None,
     ) -> None:
@@ -280,7 +331,7 @@ class SAMEngine:
         if self._logging:
             self._add("grad_norm", self._mean_norm(front, grads, reduced=True))
         window, self._window = self._window, []
-        with self._perturbed(params, grads, optimizer, module):
+        with self._perturbed(settings, grads, optimizer, module):
             del grads
             for i, pending in enumerate(window):
                 set_rng_state(pending.rng)
@@ -290,7 +341,7 @@ class SAMEngine:
         self,
         front: FrontEnd,
         batch: Any,
-        params: Sequence[torch.Tensor],
+        settings: _Settings,
         weight: float,
         last: bool,
         optimizer: torch.optim.Optimizer | None,
@@ -304,13 +355,13 @@ class SAMEngine:
             chunk = tree_map(lambda t, s=start: t[s : s + self.m] if is_batched(t, size) else t, batch)
             share = min(self.m, size - start) / size if mean_loss else 1.0
             rng = rng_state()
-            chunk_loss, grads, seed = self._ascent_grads(front, chunk, params, weight * share)
+            chunk_loss, grads, seed = self._ascent_grads(front, chunk, settings.params, weight * share)
             self._add("clean", chunk_loss * (weight * share))
             if self._ascent_mean is None:  # kept for train/grad_norm: one gradient-sized buffer
                 self._ascent_mean = grads
             else:
                 torch._foreach_add_(self._ascent_mean, grads)
-            with self._perturbed(params, grads, optimizer, module):
+            with self._perturbed(settings, grads, optimizer, module):
                 del grads
                 set_rng_state(rng)
                 self._descend(front, chunk, seed, weight * share, last=last and j == len(starts) - 1)
@@ -361,13 +412,14 @@ class SAMEngine:
     @contextlib.contextmanager
     def _perturbed(
         self,
-        params: Sequence[torch.Tensor],
+        settings: _Settings,
         grads: list[torch.Tensor],
         optimizer: torch.optim.Optimizer | None,
         module: torch.nn.Module | None,
     ) -> Iterator[None]:
         """w ← w + ε for the duration, then w ← its exact saved copy; BatchNorm statistics frozen."""
-        eps = sam_perturbation(params, grads, self.rho, self.adaptive, optimizer, self.precondition)
+        params = settings.params
+        eps = sam_perturbation(params, grads, settings.rho, settings.adaptive, optimizer, self.precondition)
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
             torch._foreach_add_(list(params), eps)

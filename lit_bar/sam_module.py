@@ -79,6 +79,9 @@ class SAMModule(LightningModule):
         lr_scheduler_monitor: The logged metric a ``ReduceLROnPlateau`` scheduler steps on.
         rho: SAM radius ρ ≥ 0; 0 means plain training (one pass, no perturbation).
         adaptive: Adaptive SAM (ASAM): ε = ρ T² g/‖T g‖, T = |w| on weight matrices.
+            A parameter group (from :meth:`parameter_groups`) with its own ``"rho"`` or
+            ``"adaptive"`` key uses that for its parameters; ‖g‖ still runs over all groups together
+            (as :class:`lit_bar.optim.SAM`).
         m: m-sharpness: each chunk of ``m`` examples gets its own ε (Sec. 4, App. C.3); ``None``
             perturbs the whole optimizer-step batch (all micro-batches, all devices) at once.
         perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM, seed 002: descent gradient
@@ -211,6 +214,7 @@ class SAMModule(LightningModule):
                 f"{type(self).__name__} has no trainable parameters (every requires_grad is False)"
             )
         optimizer = apply_lr_scales(self.optimizer(groups))  # groups with "lr_scale" (LoRA+): lr × scale
+        self._engine.settings(optimizer.param_groups)  # a group's own rho/adaptive, checked before training
         if self.precondition == "adam" and not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
             raise ValueError(
                 "precondition='adam' reads Adam's second moment, but the optimizer is "
@@ -300,7 +304,7 @@ class SAMModule(LightningModule):
         loss = self._engine.micro_step(
             _LightningFrontEnd(self),
             batch,
-            self._trainable(),
+            self.optimizers().optimizer.param_groups,  # a group's "rho"/"adaptive" apply to its parameters
             1.0 / self.accumulate_grad_batches,
             last,
             optimizer=self.optimizers().optimizer if self.precondition else None,

@@ -53,6 +53,8 @@ class SAMTrainer(Trainer):
         *args: The ``Trainer``'s arguments (model, args, datasets, collator, ...).
         rho: SAM radius ρ ≥ 0; 0 trains exactly as the plain ``Trainer``.
         adaptive: Adaptive SAM (ASAM): ε = ρ T² g/‖T g‖, T = |w| on weight matrices.
+            An optimizer parameter group with its own ``"rho"`` or ``"adaptive"`` key (pass
+            ``optimizers=(...)``) uses that for its parameters; ‖g‖ runs over all groups together.
         perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM: the descent pass backpropagates
             the model's ``logits`` at w + ε seeded with the clean ∂L/∂logits; the loss must be a
             function of the returned ``logits``, so with fp16/bf16 pass ``compute_loss_func``).
@@ -116,6 +118,7 @@ class SAMTrainer(Trainer):
     @override
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        self.sam_engine.settings(optimizer.param_groups)  # a group's own rho/adaptive, checked up front
         if self.sam_engine.precondition == "adam":
             base = getattr(optimizer, "optimizer", optimizer)
             if not isinstance(base, torch.optim.Adam | torch.optim.AdamW):
@@ -143,7 +146,7 @@ class SAMTrainer(Trainer):
         loss = self.sam_engine.micro_step(
             _TrainerFrontEnd(self, model, num_items_in_batch),
             inputs,
-            [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad],
+            self.optimizer.param_groups,  # a group's "rho"/"adaptive" apply to its parameters
             weight,
             last,
             optimizer=base if self.sam_engine.precondition else None,
