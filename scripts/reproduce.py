@@ -34,7 +34,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_grids import GRIDS, METHOD_NAMES, Cell, Grid  # noqa: E402
+from reproduce_grids import (  # noqa: E402
+    FLAGS,
+    GRIDS,
+    METHOD_NAMES,
+    Cell,
+    Grid,
+    final_cells,
+    row_key,
+    search_cells,
+    select,
+)
 from reproduce_tables import read_rows, write_tables  # noqa: E402
 
 
@@ -47,6 +57,8 @@ class Settings:
     data_root: Path | None
     per_pair: bool
     overrides: tuple[str, ...] = ()
+    validate: bool = False  # also `lit-bar validate` the final weights (the dev metric of a search)
+    sharpness: bool = False  # `lit-bar test` with lit_bar.callbacks.SharpnessMonitor
 
 
 def minilm_folder() -> str:
@@ -98,9 +110,15 @@ def cell_args(cell: Cell, settings: Settings, stage: str, ckpt: str | None = Non
     args += ["--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false"]
     if settings.per_pair:  # the method file's callback comes last: BalancednessMonitor/-Callback
         args += ["--trainer.callbacks.init_args.log_per_pair", "true"]
+    for name, value in cell.hparams:  # mu/schedule: the same last callback, before any is appended
+        args += [f"--{FLAGS[name]}", str(value)]
     for override in settings.overrides:
         key, _, value = override.partition("=")
         args += [f"--{key}", value]
+    if stage == "validate":  # the task files validate nothing during fit
+        args += ["--trainer.limit_val_batches", "1.0"]
+    if stage == "test" and settings.sharpness:
+        args += ["--trainer.callbacks+", json.dumps({"class_path": "lit_bar.callbacks.SharpnessMonitor"})]
     if ckpt is not None:
         args += ["--ckpt_path", ckpt]
     return args
@@ -124,21 +142,26 @@ def run_cell(spec_path: Path) -> None:
     best = [c for c in ckpts if not c.name.startswith("last")] or ckpts
     if not best:
         raise SystemExit(f"reproduce.py: fit left no checkpoint in {log_dir / 'fit' / 'checkpoints'}")
-    test = cell_args(cell, settings, "test", ckpt=str(best[-1]))
-    lit_bar_main(test)
+    commands = [fit]
+    if settings.validate:
+        commands.append(cell_args(cell, settings, "validate", ckpt=str(best[-1])))
+        lit_bar_main(commands[-1])
+    commands.append(cell_args(cell, settings, "test", ckpt=str(best[-1])))
+    lit_bar_main(commands[-1])
     from reproduce_tables import last_values
 
-    fitted, tested = (
-        last_values(log_dir / "fit" / "metrics.csv"),
-        last_values(log_dir / "test" / "metrics.csv"),
+    fitted, validated, tested = (
+        last_values(log_dir / stage / "metrics.csv") for stage in ("fit", "validate", "test")
     )
     result = {
-        "metrics": {k: v for k, v in tested.items() if k.startswith("test/")},
+        "metrics": {k: v for k, v in tested.items() if k.startswith(("test/", "sharpness/"))},
         "abs_balancedness": fitted.get("bar/abs_balancedness"),
         "train_loss": fitted.get("train/loss"),
         "last_logged_step": fitted.get("step"),
-        "commands": [" ".join(["lit-bar", *map(_quote, a)]) for a in (fit, test)],
+        "commands": [" ".join(["lit-bar", *map(_quote, a)]) for a in commands],
     }
+    if settings.validate:
+        result["dev_metrics"] = {k: v for k, v in validated.items() if k.startswith("val/")}
     for ckpt in ckpts:
         ckpt.unlink()  # weights are not results; the logs and the row are
     (log_dir / "result.json").write_text(json.dumps(result, indent=1))
@@ -207,13 +230,45 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def run_grid(grid: Grid, settings: Settings, jobs: int) -> int:
-    """Run every cell without an ``ok`` row in ``runs.jsonl``; returns the number of failed cells."""
+    """Run every cell without an ``ok`` row in ``runs.jsonl``; returns the number of failed cells.
+
+    A grid with a :class:`Search` runs it first (:func:`run_search`), then its final cells.
+    """
+    if grid.search is None:
+        return run_cells(grid, grid.cells(), settings, jobs)
+    failed, chosen = run_search(grid, settings, jobs)
+    finals = final_cells(grid, chosen)
+    return failed + run_cells(grid, finals, settings, jobs, what="final runs")
+
+
+def run_search(grid: Grid, settings: Settings, jobs: int) -> tuple[int, dict[tuple[str, str], tuple]]:
+    """The selection on dev (:class:`reproduce_grids.Search`): LoRA's lr per task, then each method's
+    candidates at that lr; returns the failures and the chosen hyperparameters per (task, method)."""
+    runs = settings.out / "runs.jsonl"
+    lr_cells = search_cells(grid, {})
+    failed = run_cells(grid, lr_cells, settings, jobs, what="search: LoRA's learning rate")
+    chosen = {(t.name, "lora"): select(grid, read_rows(runs), lr_cells, t.name, "lora") for t in grid.tasks}
+    method_cells = search_cells(grid, chosen)
+    failed += run_cells(grid, method_cells, settings, jobs, what="search: each method at that rate")
+    rows = read_rows(runs)
+    for task in grid.tasks:
+        for method in grid.methods[1:]:
+            chosen[(task.name, method)] = select(grid, rows, method_cells, task.name, method)
+    return failed, chosen
+
+
+def run_cells(grid: Grid, cells: list[Cell], settings: Settings, jobs: int, what: str = "") -> int:
+    """Run the cells without an ``ok`` row, ``jobs`` at once; returns the number that failed."""
     runs = settings.out / "runs.jsonl"
     rows = [r for r in read_rows(runs) if r.get("grid") == grid.name and r.get("status") == "ok"]
-    done = {(r["task"], r["method"], r["seed"]) for r in rows}
-    todo = [c for c in grid.cells() if (c.task, c.method, c.seed) not in done]
-    total = len(grid.cells())
-    print(f"grid {grid.name}: {total} cells, {total - len(todo)} finished, {len(todo)} to run", flush=True)
+    done = {row_key(r) for r in rows}
+    todo = [c for c in cells if c.key not in done]
+    total = len(cells)
+    label = f" ({what})" if what else ""
+    print(
+        f"grid {grid.name}{label}: {total} cells, {total - len(todo)} finished, {len(todo)} to run",
+        flush=True,
+    )
     threads = max(1, (os.cpu_count() or 1) // jobs)
     running: dict[int, tuple[Cell, subprocess.Popen, Path, float]] = {}
     failed, start, finished = 0, time.time(), 0
@@ -239,12 +294,17 @@ def run_grid(grid: Grid, settings: Settings, jobs: int) -> int:
 def _progress(row: dict, finished: int, total: int, start: float) -> str:
     elapsed = time.time() - start
     eta = elapsed / finished * (total - finished)
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in row.get("metrics", {}).items() if "loss" not in k)
+    shown = {**row.get("dev_metrics", {}), **row.get("metrics", {})}
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in shown.items() if "loss" not in k)
     what = metrics if row["status"] == "ok" else f"FAILED (rc {row['returncode']}, see its stdout.log)"
     return (
-        f"[{finished}/{total}] {row['task']} {row['method']} seed {row['seed']}: {what} "
+        f"[{finished}/{total}] {row['task']} {row['method']} {_tag(row)}seed {row['seed']}: {what} "
         f"({row['wall_s']:.0f} s; elapsed {elapsed / 60:.1f} min, eta {eta / 60:.1f} min)"
     )
+
+
+def _tag(row: dict) -> str:
+    return "".join(f"{name}={value} " for name, value in row.get("hparams", ()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -314,11 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     if model is None and grid.offline:
         model = minilm_folder() if not args.dry_run or _has_minilm() else "<all-MiniLM-L6-v2 folder>"
     root = data_root.resolve() if data_root else None
-    settings = Settings(args.out, model, root, not args.no_per_pair, tuple(args.overrides))
+    settings = Settings(
+        args.out,
+        model,
+        root,
+        not args.no_per_pair,
+        tuple(args.overrides),
+        grid.search is not None,
+        grid.sharpness,
+    )
     for override in args.overrides:
         if "=" not in override:
             raise SystemExit(f"reproduce.py: error: --set takes KEY=VALUE, got {override!r}")
     if args.dry_run:
+        if grid.search is not None:
+            print(f"grid {grid.name}: first the search on dev (seed {grid.search.seed}), e.g.")
         for cell in grid.cells():
             print("lit-bar " + " ".join(map(_quote, cell_args(cell, settings, "fit"))))
             print("  then: lit-bar test <the same flags> --ckpt_path <its checkpoint>")

@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["GRIDS", "METHOD_NAMES", "Cell", "Grid", "Task"]
+__all__ = [
+    "FLAGS",
+    "GRIDS",
+    "METHOD_NAMES",
+    "Cell",
+    "Grid",
+    "Search",
+    "Task",
+    "chosen_hparams",
+    "dev_metric",
+    "final_cells",
+    "row_key",
+    "search_cells",
+    "select",
+]
 
 #: Row labels, in the paper's order (Tables 1, 3, 4, 5).
 METHOD_NAMES = {
@@ -34,19 +48,59 @@ class Task:
     metric: str | None = None  # None: the first test metric that is not a loss
 
 
+#: The hyperparameters a search sets, by short name: the ``lit-bar`` flag each one becomes. ``mu`` and
+#: ``schedule`` go to the last callback of the list, which is the method file's BalancednessCallback.
+FLAGS = {
+    "lr": "model.init_args.optimizer.init_args.lr",
+    "rho": "model.init_args.rho",
+    "mu": "trainer.callbacks.init_args.mu",
+    "schedule": "trainer.callbacks.init_args.schedule",
+}
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One run: task × method × seed."""
+    """One run: task × method × seed, with the hyperparameters set over the files' (``(name, value)``)."""
 
     task: str
     method: str
     seed: int
     task_config: str
     data: str = ""
+    hparams: tuple[tuple[str, float | str], ...] = ()
+
+    @property
+    def tag(self) -> str:
+        """``lr=0.001,rho=0.05``: the hyperparameters in a folder name ("" when none are set)."""
+        return ",".join(f"{name}={value}" for name, value in self.hparams)
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a run in ``runs.jsonl``."""
+        return (self.task, self.method, self.seed, self.tag)
 
     @property
     def key_path(self) -> str:
-        return f"{self.task}/{self.method}/seed{self.seed}"
+        middle = f"/{self.tag}" if self.hparams else ""
+        return f"{self.task}/{self.method}{middle}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Search:
+    """The paper's selection on a dev split (seed 001, Appendix D): LoRA's learning rate first, then, at
+    that rate, each method's own knobs; every candidate trained once, with ``seed``; the best dev metric
+    wins (ties: the earlier candidate). The final runs then use the grid's seeds.
+
+    ``spaces`` maps a method to its candidates (tuples of ``(name, value)``, names from :data:`FLAGS`);
+    a method without an entry runs at the selected rate alone.
+    """
+
+    lrs: tuple[float, ...]
+    spaces: tuple[tuple[str, tuple[tuple[tuple[str, float | str], ...], ...]], ...]
+    seed: int
+
+    def space(self, method: str) -> tuple[tuple[tuple[str, float | str], ...], ...]:
+        return dict(self.spaces).get(method, ((),))
 
 
 @dataclass(frozen=True)
@@ -59,6 +113,8 @@ class Grid:
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
     offline: bool = False
+    search: Search | None = None  # None: run the files' hyperparameters as they are
+    sharpness: bool = False  # measure the final weights' sharpness in `lit-bar test`
 
     def cells(self) -> list[Cell]:
         return [
@@ -91,6 +147,18 @@ def _paper(name: str, title: str, folder: str, model: str, tasks: dict[str, str 
 
 
 _ACC = "test/accuracy"
+_BAR_SPACE = tuple((("mu", mu), ("schedule", h)) for h in ("linear", "cosine") for mu in (0.5, 1.0, 2.0))
+#: Seed 001's grids (Appendix D) over this machine's model: ρ ∈ {0.05, 0.1, 0.2} plus 0.01 (Flat-LoRA
+#: and Bi-LoRA found ρ ≤ 0.01 best over LoRA's parameters), μ ∈ {0.5, 1, 2} × {linear, cosine}.
+TUNED_SEARCH = Search(
+    lrs=(5e-4, 1e-3, 2e-3),
+    spaces=(
+        ("sam", tuple((("rho", rho),) for rho in (0.01, 0.05, 0.1, 0.2))),
+        ("nbar", _BAR_SPACE),
+        ("obar", _BAR_SPACE),
+    ),
+    seed=13,
+)
 GRIDS = {
     "offline": Grid(
         "offline",
@@ -104,6 +172,21 @@ GRIDS = {
         ("lora", "sam", "nbar", "obar"),
         (13, 21, 42),
         offline=True,
+    ),
+    "offline-tuned": Grid(
+        "offline-tuned",
+        "Tuned offline grid: all-MiniLM-L6-v2 + LoRA (r=8) on CPU, 300 steps; SST-2 and STS-B (test "
+        "splits), CoLA (official validation split); lr, ρ and μ selected on dev as the paper selects",
+        (
+            Task("sst2", "configs/offline_tuned/minilm_sst2.yaml", "sst2", _ACC),
+            Task("stsb", "configs/offline_tuned/minilm_stsb.yaml", "stsb", "test/pearson"),
+            Task("cola", "configs/offline_tuned/minilm_cola.yaml", "cola", "test/matthews"),
+        ),
+        ("lora", "sam", "nbar", "obar"),
+        (13, 21, 42, 87, 100),
+        offline=True,
+        search=TUNED_SEARCH,
+        sharpness=True,
     ),
     "table1": _paper(
         "table1", "Table 1: RoBERTa-large, few-shot (k = 512)", "fewshot", "roberta-large",
@@ -121,3 +204,74 @@ GRIDS = {
         "table5", "Table 5: GPT-2 medium, WebNLG", "gpt2", "gpt2-medium", {"webnlg": None}, (0, 1, 2),
     ),
 }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the search's logic
+def row_key(row: dict) -> tuple:
+    """A ``runs.jsonl`` row's :attr:`Cell.key`."""
+    hparams = tuple(map(tuple, row.get("hparams", ())))
+    return Cell(row["task"], row["method"], row["seed"], "", hparams=hparams).key
+
+
+def dev_metric(task: Task) -> str:
+    """The dev-split name of a task's test metric (``test/accuracy`` → ``val/accuracy``)."""
+    return "val/" + (task.metric or "test/accuracy").split("/")[-1]
+
+
+def search_cells(grid: Grid, chosen: dict[tuple[str, str], tuple]) -> list[Cell]:
+    """The search's cells: LoRA's learning rates when ``chosen`` has no rate for a task yet, else every
+    other method's candidates at the chosen rate."""
+    search, cells = grid.search, []
+    for t in grid.tasks:
+        lr = chosen.get((t.name, "lora"))
+        if lr is None:
+            cells += [Cell(t.name, "lora", search.seed, t.config, t.data, (("lr", v),)) for v in search.lrs]
+            continue
+        for method in grid.methods[1:]:
+            cells += [
+                Cell(t.name, method, search.seed, t.config, t.data, (*lr, *hp)) for hp in search.space(method)
+            ]
+    return cells
+
+
+def select(grid: Grid, rows: list[dict], cells: list[Cell], task: str, method: str) -> tuple:
+    """The hyperparameters of the candidate with the best dev metric (ties: the earlier candidate)."""
+    column = next(t for t in grid.tasks if t.name == task)
+    scores = {
+        row_key(r): r.get("dev_metrics", {}).get(dev_metric(column))
+        for r in rows
+        if r.get("grid") == grid.name and r.get("status") == "ok"
+    }
+    candidates = [c for c in cells if (c.task, c.method) == (task, method)]
+    scored = [(scores[c.key], -i, c) for i, c in enumerate(candidates) if scores.get(c.key) is not None]
+    if not scored:
+        raise SystemExit(
+            f"reproduce.py: error: no candidate of {method} on {task} finished with a dev metric "
+            f"{dev_metric(column)!r}; see its failed rows in runs.jsonl and their stdout.log"
+        )
+    return max(scored, key=lambda s: s[:2])[2].hparams
+
+
+def chosen_hparams(grid: Grid, rows: list[dict]) -> dict[tuple[str, str], tuple]:
+    """What the search chose so far, per (task, method): only where every candidate has an ``ok`` row."""
+    done = {row_key(r) for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"}
+    chosen: dict[tuple[str, str], tuple] = {}
+    for stage in (0, 1):
+        cells = search_cells(grid, chosen)
+        for t in grid.tasks:
+            for m in grid.methods if stage else ("lora",):
+                mine = [c for c in cells if (c.task, c.method) == (t.name, m)]
+                if mine and all(c.key in done for c in mine):
+                    chosen[(t.name, m)] = select(grid, rows, mine, t.name, m)
+    return chosen
+
+
+def final_cells(grid: Grid, chosen: dict[tuple[str, str], tuple]) -> list[Cell]:
+    """Seed-major final cells at the chosen hyperparameters (pairs not chosen yet are left out)."""
+    return [
+        Cell(t.name, m, seed, t.config, t.data, chosen[(t.name, m)])
+        for seed in grid.seeds
+        for t in grid.tasks
+        for m in grid.methods
+        if (t.name, m) in chosen
+    ]

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
-__all__ = ["complete_seeds", "format_cell", "last_values", "read_rows", "tables_markdown", "write_tables"]
+__all__ = [
+    "bar_strength",
+    "complete_seeds",
+    "format_cell",
+    "last_values",
+    "mean_ci",
+    "read_rows",
+    "t_quantile_975",
+    "tables_markdown",
+    "write_tables",
+]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -92,18 +103,132 @@ def _paired(task, row: dict, ok: list[dict], base: str) -> float | None:
     return row["metrics"][name] - match[0]["metrics"][name]
 
 
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table, df ≤ 30; else normal)."""
+    table = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+             2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+             2.052, 2.048, 2.045, 2.042)  # fmt: skip
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return table[df - 1] if df <= len(table) else 1.960
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t interval (nan for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def format_ci(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean [low, high]`` (×scale) with the 95 % t interval; ``*`` when the interval excludes 0."""
+    if not values:
+        return "—"
+    mean, half = mean_ci(values)
+    if math.isnan(half):
+        return f"{mean * scale:.{digits}f} (n = 1)"
+    low, high = (mean - half) * scale, (mean + half) * scale
+    star = "*" if low > 0 or high < 0 else ""
+    return f"{mean * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{star}"
+
+
+def bar_strength(lr: float, mu: float, schedule: str, total_steps: int, warmup_ratio: float = 0.06) -> float:
+    """BAR's total shrink Σ_t η_t μ_t over a run: η_t from lit_bar's WarmupLinearDecay (the task files'
+    schedule) and μ_t from :func:`lit_bar.bar.mu_at`, summed over the optimizer steps as they run."""
+    import torch
+
+    from lit_bar.bar import mu_at
+    from lit_bar.schedules import WarmupLinearDecay
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    schedule_lr = WarmupLinearDecay(optimizer, warmup_ratio=warmup_ratio, total_steps=total_steps)
+    total = 0.0
+    for step in range(total_steps):
+        total += optimizer.param_groups[0]["lr"] * mu_at(mu, step, total_steps, schedule)
+        optimizer.step()
+        schedule_lr.step()
+    return total
+
+
+def _search_section(grid, rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """The search's table (every candidate's dev metric, the chosen one in bold) and the final rows."""
+    from reproduce_grids import chosen_hparams, dev_metric, final_cells, row_key, search_cells
+
+    ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
+    chosen = chosen_hparams(grid, rows)
+    dev = {row_key(r): r.get("dev_metrics", {}) for r in ok}
+    lines = [
+        f"### Selection on dev (seed {grid.search.seed}; the test split is read only in the final runs)",
+        "",
+        "| task | method | candidate | dev metric ×100 |",
+        "|---|---|---|---|",
+    ]
+    for cell in [*search_cells(grid, {}), *search_cells(grid, chosen)]:
+        if cell.method != "lora" and (cell.task, "lora") not in chosen:
+            continue
+        value = dev.get(cell.key, {}).get(dev_metric(next(t for t in grid.tasks if t.name == cell.task)))
+        text = "—" if value is None else f"{value * 100:.1f}"
+        if chosen.get((cell.task, cell.method)) == cell.hparams:
+            text = f"**{text}** (chosen)"
+        lines.append(f"| {cell.task} | {cell.method} | {cell.tag} | {text} |")
+    steps = {t.name: _max_steps(t.config) for t in grid.tasks}
+    intro = "BAR's total strength Σ_t η_t μ_t at the chosen hyperparameters (seed 001's protocol: ≈ 0.1–0.5):"
+    lines += ["", intro, "", "| task | steps | method | chosen | Σ η_t μ_t |", "|---|---|---|---|---|"]
+    for (task, method), hparams in sorted(chosen.items()):
+        values = dict(hparams)
+        if "mu" in values and steps.get(task):
+            total = bar_strength(
+                float(values["lr"]), float(values["mu"]), str(values["schedule"]), steps[task]
+            )
+            tag = ",".join(f"{k}={v}" for k, v in hparams)
+            lines.append(f"| {task} | {steps[task]} | {method} | {tag} | {total:.3f} |")
+    finals = {c.key for c in final_cells(grid, chosen)}
+    return [*lines, ""], [r for r in ok if row_key(r) in finals]
+
+
+def _max_steps(config: str) -> int | None:
+    """``trainer.max_steps`` of a task file (None when it cannot be read)."""
+    try:
+        import yaml
+        from reproduce_grids import __file__ as grids_file
+
+        text = (Path(grids_file).resolve().parents[1] / config).read_text()
+        return int(yaml.safe_load(text)["trainer"]["max_steps"])
+    except (OSError, KeyError, TypeError, ValueError, ImportError):
+        return None
+
+
+SHARPNESS = (
+    ("sharpness/worst", "worst-case sharpness max_{‖ε‖≤ρ} L(w+ε) − L(w)"),
+    ("sharpness/average", "average sharpness E L(w+ε) − L(w) over random directions of norm ρ"),
+    ("sharpness/hessian_top", "top Hessian eigenvalue"),
+)
+
+
 def tables_markdown(grid, rows: list[dict]) -> list[str]:
     """The section of one grid: metric table, final |balancedness|, wall time and peak memory.
 
     A partial grid is tabulated over its complete seeds only (every method then has the same seeds,
-    so rows compare); the runs of unfinished seeds are counted, and stay in ``runs.jsonl``.
+    so rows compare); the runs of unfinished seeds are counted, and stay in ``runs.jsonl``. A grid with
+    a search shows the selection first, then its final runs only.
     """
-    ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
+    search_lines: list[str] = []
+    if getattr(grid, "search", None) is not None:
+        if not any(r.get("grid") == grid.name and r.get("status") == "ok" for r in rows):
+            return []
+        search_lines, ok = _search_section(grid, rows)
+    else:
+        ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
     if not ok:
-        return []
+        return (
+            [f"## {grid.title}", "", *search_lines, "No final run has finished yet.", ""]
+            if search_lines
+            else []
+        )
     expected, seeds = len(grid.cells()), complete_seeds(grid, ok)
     done = len({(r["task"], r["method"], r["seed"]) for r in ok})
-    lines = [f"## {grid.title}", ""]
+    lines = [f"## {grid.title}", "", *search_lines]
     if done < expected:
         shown = [r for r in ok if r["seed"] in seeds]
         lines += [
@@ -124,12 +249,53 @@ def tables_markdown(grid, rows: list[dict]) -> list[str]:
     name = METHOD_NAMES.get(base, base)
     lines += ["", f"Difference to {name}, paired by seed (same data sample and initialisation), ×100:", ""]
     lines += _table(grid, ok, lambda task, r, ok: _paired(task, r, ok, base), 100.0, average=True, digits=2)
+    if getattr(grid, "search", None) is not None:
+        lines += ["", f"Difference to {name}, paired by seed, ×100: mean [95 % t interval]; * = the interval "
+                  "excludes 0:", ""]  # fmt: skip
+        lines += _ci_table(grid, ok, lambda task, r: _paired(task, r, ok, base), 100.0)
+    if any(key in r.get("metrics", {}) for r in ok for key, _ in SHARPNESS):
+        for key, what in SHARPNESS:
+            lines += ["", f"`{key}`: {what}, of the final weights (mean ± std over seeds):", ""]
+            lines += _table(
+                grid, ok, lambda task, r, ok, key=key: r["metrics"].get(key), 1.0, False, digits=4
+            )
+        lines += ["", f"`sharpness/worst`, paired difference to {name}: mean [95 % t interval]:", ""]
+        lines += _ci_table(
+            grid, ok, lambda task, r: _paired_key(r, ok, base, "sharpness/worst"), 1.0, digits=4
+        )
     lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]
     lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False, digits=3)
     lines += ["", "Wall time per run, s (fit then test, in one child process per run):", ""]
     lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False, digits=0)
     peak = max(r.get("peak_rss_mb", 0) for r in ok)
     lines += ["", f"Peak memory (largest `ru_maxrss` of a run): {peak:.0f} MB.", ""]
+    return lines
+
+
+def _paired_key(row: dict, ok: list[dict], base: str, key: str) -> float | None:
+    """``row``'s ``metrics[key]`` minus the same task and seed's ``base``-method value."""
+    match = [r for r in ok if (r["task"], r["method"], r["seed"]) == (row["task"], base, row["seed"])]
+    if not match or key not in row["metrics"] or key not in match[0]["metrics"]:
+        return None
+    return row["metrics"][key] - match[0]["metrics"][key]
+
+
+def _ci_table(grid, ok: list[dict], value, scale: float, digits: int = 2) -> list[str]:
+    """Rows = methods but the base, columns = tasks: ``mean [95 % interval]`` of ``value(task, row)``."""
+    from reproduce_grids import METHOD_NAMES
+
+    lines = [
+        "| method | " + " | ".join(t.name for t in grid.tasks) + " |",
+        "|---" * (len(grid.tasks) + 1) + "|",
+    ]
+    for method in grid.methods[1:]:
+        cells = []
+        for task in grid.tasks:
+            runs = [r for r in ok if r["method"] == method and r["task"] == task.name]
+            cells.append(
+                format_ci([v for v in (value(task, r) for r in runs) if v is not None], scale, digits)
+            )
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -14,7 +14,7 @@ import pytest
 from lit_bar.cli import LitBarCLI, cli_kwargs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TASK_FAMILIES = ("fewshot", "glue", "opt", "gpt2", "offline")
+TASK_FAMILIES = ("fewshot", "glue", "opt", "gpt2", "offline", "offline_tuned")
 TASKS = sorted(p for family in TASK_FAMILIES for p in (CONFIGS / family).glob("*.yaml"))
 METHODS = sorted((CONFIGS / "method").glob("*.yaml"))
 STANDALONE = [*TASKS, *sorted((CONFIGS / "toy").glob("*.yaml")), *sorted((CONFIGS / "demo").glob("*.yaml"))]
@@ -43,7 +43,7 @@ def test_every_yaml_is_covered_and_counted():
     """A new YAML must land in one of the lists above (and so be parsed below)."""
     everything = sorted(CONFIGS.rglob("*.yaml"))
     assert sorted([*STANDALONE, *COMPOSE_ONLY]) == everything
-    assert (len(TASKS), len(METHODS), len(everything)) == (24, 8, 37)
+    assert (len(TASKS), len(METHODS), len(everything)) == (27, 8, 40)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda p: p.stem)
