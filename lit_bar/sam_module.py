@@ -62,7 +62,7 @@ from lit_bar.optim.groups import apply_lr_scales
 from lit_bar.optim.perturbation import global_norm, validate_precondition
 from lit_bar.optim.sam import validate_rho
 from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
-from lit_bar.step_utils import batch_size
+from lit_bar.step_utils import NonFiniteError, batch_size, non_finite_names
 from lit_bar.steps import optimizer_steps, run_length
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
@@ -361,7 +361,20 @@ class SAMModule(LightningModule):
 
         Only tensors, lists, dicts and numbers: ``torch.load(weights_only=True)`` reads the checkpoint.
         A collective under DDP (Lightning calls this hook on every rank).
+
+        Raises:
+            NonFiniteError: A weight in the checkpoint is NaN/inf (training diverged): nothing is
+                written, so the previous checkpoint stays the newest (also for ``save_weights_only``
+                checkpoints, which skip the callbacks' hooks; the weights are equal on every rank).
         """
+        bad = non_finite_names(checkpoint["state_dict"])  # one host sync per save
+        if bad:
+            more = f", ... ({len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise NonFiniteError(
+                f"refusing to save a checkpoint at step {self.trainer.global_step}: {len(bad)} weight "
+                f"tensor(s) are NaN/inf ({', '.join(bad[:3])}{more}): training diverged (lit_bar.callbacks."
+                "FiniteCheck names the step and the likely cause)"
+            )
         world = self.trainer.world_size
         checkpoint["rng_states"] = gather_per_rank(collect_rng_states(), world)
         window = self._window_state()

@@ -1,19 +1,73 @@
-"""Small pieces of the SAM step that are not SAM: batch slicing, RNG fork/replay, BatchNorm freezing.
+"""Small pieces of the SAM step that are not SAM: batch slicing, RNG fork/replay, BatchNorm freezing,
+finiteness checks of weights and batches.
 
-Pure torch (no Lightning), used by :class:`lit_bar.SAMModule`.
+Pure torch (no Lightning), used by :class:`lit_bar.SAMModule` and the callbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["batch_size", "frozen_batchnorm", "is_batched", "rng_state", "set_rng_state"]
+__all__ = [
+    "NonFiniteError",
+    "all_finite",
+    "batch_size",
+    "float_tensors",
+    "frozen_batchnorm",
+    "is_batched",
+    "non_finite_names",
+    "rng_state",
+    "set_rng_state",
+]
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Training produced (or was about to save or export) a NaN or infinite loss, weight or batch value.
+
+    A ``ValueError`` too, so ``lit-bar`` reports it as one ``lit-bar: error:`` line like a bad value.
+    """
+
+
+def float_tensors(obj: Any) -> list[torch.Tensor]:
+    """The non-empty floating-point tensors in ``obj`` (nested mappings, lists and tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() and obj.numel() else []
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple):
+        return [t for item in obj for t in float_tensors(item)]
+    return []
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """0-d bool tensor on the first tensor's device: every element of every tensor is finite.
+
+    No host sync: max |t| per tensor with one ``torch._foreach_norm(ord=inf)`` (NaN propagates), so
+    it is finite exactly when the tensor is. ``True`` (on the CPU) for no tensors.
+    """
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    peaks = torch._foreach_norm(list(tensors), float("inf"))
+    device = tensors[0].device
+    return torch.stack([torch.isfinite(p).to(device) for p in peaks]).all()
+
+
+def non_finite_names(named: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors in ``named`` that hold a NaN or an inf (one host sync)."""
+    items = [(name, t) for name, t in named.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    items = [(name, t) for name, t in items if t.numel()]
+    if not items:
+        return []
+    peaks = torch._foreach_norm([t for _, t in items], float("inf"))
+    device = items[0][1].device
+    finite = torch.stack([torch.isfinite(p).to(device) for p in peaks])
+    return [name for (name, _), ok in zip(items, finite.tolist(), strict=True) if not ok]  # one copy
 
 
 def batch_size(batch: Any) -> int:

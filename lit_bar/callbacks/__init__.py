@@ -3,6 +3,7 @@
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.callbacks.bilora import BiLoRACallback
 from lit_bar.callbacks.export import AdapterExport
+from lit_bar.callbacks.finite import FiniteCheck
 from lit_bar.callbacks.flatlora import FlatLoRACallback
 from lit_bar.callbacks.learning_rate import LearningRateMonitor
 from lit_bar.callbacks.monitor import BalancednessMonitor
@@ -13,6 +14,7 @@ __all__ = [
     "BalancednessCallback",
     "BalancednessMonitor",
     "BiLoRACallback",
+    "FiniteCheck",
     "FlatLoRACallback",
     "LearningRateMonitor",
     "PredictionWriter",

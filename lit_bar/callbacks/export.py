@@ -11,6 +11,9 @@ training. ``<log_dir>`` is ``trainer.log_dir``: the logger's version folder, or 
     model = PeftModel.from_pretrained(base, "outputs/lightning_logs/version_0/adapter")
 
 or hand it back to lit-bar: ``lit-bar test ... --model.init_args.adapter_path .../adapter``.
+
+A NaN or infinite tensor among those to be written is refused (``NonFiniteError``, nothing written):
+a diverged run leaves no adapter (``FiniteCheck`` normally stops it before the end of ``fit``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_bar.export import restore_frozen_weights, save_adapter, save_merged
+from lit_bar.step_utils import NonFiniteError, non_finite_names
 
 __all__ = ["AdapterExport"]
 
@@ -62,10 +66,14 @@ class AdapterExport(Callback):
             rank_zero_info(f"AdapterExport: {type(pl_module).__name__} has no peft adapter; nothing exported")
             return
         source = best_checkpoint(trainer)
+        if source is None:  # every rank: the weights are the same on all of them
+            self._refuse_non_finite(model, "at the end of training")
         if not trainer.is_global_zero:
             return
         base = pl_module.hparams.get("model_name_or_path")
         with checkpoint_weights(pl_module, source):
+            if source is not None:
+                self._refuse_non_finite(model, f"in the best checkpoint {source}")
             written = []
             if has_adapter:
                 written.append(save_adapter(model, log_dir / self.dirname, base))
@@ -74,6 +82,22 @@ class AdapterExport(Callback):
                 written.append(save_merged(model, log_dir / self.merged_dirname, tokenizer))
         origin = f"the best checkpoint {source}" if source else "the end of training"
         rank_zero_info(f"AdapterExport: wrote {', '.join(map(str, written))} from {origin}")
+
+    def _refuse_non_finite(self, model: torch.nn.Module, where: str) -> None:
+        """Raise before writing anything if a tensor to be exported is NaN/inf (a diverged run)."""
+        from peft import PeftModel, get_peft_model_state_dict
+
+        if self.merged_dirname is not None or not isinstance(model, PeftModel):
+            exported = model.state_dict()  # the merged model's: every weight (the adapter's among them)
+        else:
+            exported = get_peft_model_state_dict(model)
+        bad = non_finite_names(exported)
+        if bad:
+            more = f", ... ({len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise NonFiniteError(
+                f"AdapterExport: refusing to export: {len(bad)} tensor(s) are NaN/inf {where} "
+                f"({', '.join(bad[:3])}{more}): training diverged; nothing was written"
+            )
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
