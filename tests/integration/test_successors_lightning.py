@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from peft import LoraConfig, inject_adapter_in_model
-from tiny_sam import IN, OUT, TinyPlain, TinySAM, batches, fit, loader, make_data, sgd
+from tiny_sam import IN, OUT, TinyPlain, TinySAM, adamw, batches, fit, loader, make_data, sgd, trainer
 from torch import nn
 
 from lit_bar.callbacks import BalancednessCallback, BiLoRACallback, FlatLoRACallback
@@ -124,6 +124,37 @@ def test_flatlora_callback_matches_the_hand_loop_with_accumulation(mode):
     assert max_diff(bases(net), bases(lora_net())) < 1e-14  # the base is back where it started
 
 
+class ValidatedPlain(TinyPlain):
+    """Records, at every validation and training step, how far the base weights are from ``start``."""
+
+    def __init__(self, net, optimizer, start) -> None:
+        super().__init__(net, optimizer)
+        self.start, self.val_offsets, self.train_offsets = start, [], []
+
+    def _offset(self) -> float:
+        return max_diff(bases(self.net), self.start)
+
+    def training_step(self, batch, batch_idx):
+        self.train_offsets.append(self._offset())
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.val_offsets.append(self._offset())
+
+
+def test_flatlora_validation_inside_a_window_sees_the_clean_weights():
+    data = make_data(ROWS)
+    net = lora_net()
+    module = ValidatedPlain(net, sgd(LR), bases(net))
+    run = trainer(max_epochs=EPOCHS, accumulate_grad_batches=K, val_check_interval=1, limit_val_batches=1,
+                  callbacks=[FlatLoRACallback(rho=0.5)])  # fmt: skip
+    run.fit(module, loader(*data, BATCH), loader(*data, BATCH))
+    assert len(module.val_offsets) == ROWS // BATCH * EPOCHS  # after every micro-batch, mid-window included
+    assert max(module.train_offsets) > 1e-3  # training steps do see W + ε ...
+    assert max(module.val_offsets) < 1e-14  # ... validation never does
+    assert max_diff(factors(net), factors(hand_flatlora(data, rho=0.5))) < TOL  # the same ε came back
+
+
 class StopAfterFirstEpoch(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.should_stop = True
@@ -151,17 +182,22 @@ def test_flatlora_resumed_run_draws_the_same_noise(tmp_path):
     assert max_diff(factors(resumed.net), factors(straight.net)) < TOL  # the checkpoint's seed and T won
 
 
-def test_flatlora_and_bilora_train_under_bf16_mixed():
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_flatlora_and_bilora_train_under_mixed_precision(precision):
+    """16-mixed: the auxiliary step goes through the GradScaler (unscaled, skipped on inf like the base)."""
     data = make_data(ROWS, dtype=torch.float32)
     for callback in (FlatLoRACallback(rho=0.5, schedule="constant"), BiLoRACallback(rho=0.05, aux_lr=0.1)):
         net = lora_net(torch.float32)
         start, base = factors(net), bases(net)
-        plugin = MixedPrecision("bf16-mixed", "cpu")
+        scaler = torch.amp.GradScaler("cpu") if precision == "16-mixed" else None
+        plugin = MixedPrecision(precision, "cpu", scaler=scaler)
         fit(TinyPlain(net, sgd(LR)), loader(*data, BATCH), plugins=[plugin], callbacks=[callback])
         assert all(torch.isfinite(t).all() for t in factors(net))
         assert max_diff(factors(net), start) > 1e-4
         assert max_diff(bases(net), base) < 1e-6  # Flat-LoRA's noise is off again; Bi-LoRA never touches W
-    assert all(b.abs().max() > 0 for b in callback.bilora.b)  # B₂ starts at 0: the ascent moved it
+    assert all(
+        torch.isfinite(b).all() and b.abs().max() > 0 for b in callback.bilora.b
+    )  # the ascent moved B₂
 
 
 # ----------------------------------------------------------------------------------------- Bi-LoRA by hand
@@ -272,3 +308,18 @@ def test_successors_refuse_sam_and_each_other_and_combine_with_nbar():
         fit(TinySAM(net, rho=0.0, optimizer=sgd(LR)), loader(*data, BATCH), callbacks=[successor, bar])
         assert len(bar.pairs) == 2  # the primary pairs only (Bi-LoRA's auxiliary pair is no peft factor)
         assert int(bar.branch_counts.sum()) == 2 * ROWS // BATCH
+
+
+@pytest.mark.parametrize("successor", ["flatlora", "bilora"])
+def test_no_host_sync_charged_to_lit_bar_in_successor_steps(successor):
+    """Noise, ascent and projection stay on the device (lit_bar.syncs.SyncCounter; as in test_host_syncs)."""
+    from lit_bar.syncs import SyncCounter
+
+    callback = FlatLoRACallback(rho=0.5) if successor == "flatlora" else BiLoRACallback(rho=0.02)
+    module = TinySAM(lora_net(), rho=0.0, optimizer=adamw(), accumulate_grad_batches=K)
+    counter = SyncCounter(trace_backward=True)
+    with counter:
+        fit(module, loader(*make_data(ROWS), BATCH), callbacks=[callback, BalancednessCallback(mu=0.5)],
+            log_every_n_steps=1000)  # fmt: skip
+    assert not counter.charged_to("lit_bar"), counter.report()
+    assert not counter.charged_to("lit_bar", "host_copy"), counter.report()
