@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BalancednessTrainerCallback", "SAMTrainer"]
+__all__ = ["BalancednessTrainerCallback", "BiLoRATrainerCallback", "FlatLoRATrainerCallback", "SAMTrainer"]
 
 _LAZY = {
     "BalancednessTrainerCallback": "lit_bar.hf.callback",
+    "BiLoRATrainerCallback": "lit_bar.hf.successors",
+    "FlatLoRATrainerCallback": "lit_bar.hf.successors",
     "SAMTrainer": "lit_bar.hf.trainer",
 }
 

@@ -1,0 +1,184 @@
+"""Flat-LoRA and Bi-LoRA inside the transformers ``Trainer``, as ``TrainerCallback`` s.
+
+Both are one forward/backward per micro-batch, so they need no Trainer subclass (``SAMTrainer`` is
+for SAM's two passes; with these callbacks use a plain ``Trainer``, or ``SAMTrainer`` with ρ = 0).
+Where they run in ``Trainer._inner_training_loop`` (transformers 5.x; see lit_bar/hf/callback.py)::
+
+    on_step_begin          ← Flat-LoRA: W ← W + ε_t (t = state.global_step), before the first micro-batch
+    backward of every micro-batch (accumulated; DDP all-reduce on the last)
+    accelerator.clip_grad_norm_  (unscales fp16 gradients; the auxiliary ones are not the model's)
+    on_pre_optimizer_step  ← Bi-LoRA: [DDP] mean of the auxiliary gradients; ascent step (through
+                             accelerate's GradScaler under fp16); global clipping to ρ
+    optimizer.step()
+    on_optimizer_step      ← Flat-LoRA: W ← W − ε_t (drawn again from its seed)
+    ... on_step_end, logging, evaluation (the noise is off; the auxiliary pair is inactive in eval mode)
+
+Resuming from a Trainer checkpoint draws the same Flat-LoRA noise (ε depends on the seed, t and the
+layer only). Bi-LoRA's auxiliary pair is not in the model, so a Trainer checkpoint does not hold it;
+a resumed Bi-LoRA run restarts the auxiliary pair from its initialisation (the primary adapter and its
+optimizer resume exactly). The saved peft adapter holds the primary LoRA only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+from typing_extensions import override
+
+from lit_bar.engine import all_reduce_sum
+from lit_bar.methods.bilora import BiLoRA
+from lit_bar.methods.flatlora import FlatLoRA, validate_flat_settings
+
+__all__ = ["BiLoRATrainerCallback", "FlatLoRATrainerCallback"]
+
+logger = logging.get_logger(__name__)
+
+
+class FlatLoRATrainerCallback(TrainerCallback):
+    """Flat-LoRA (Li et al., ICML 2025): per-step noise N(0, σ_t²/n·‖W'_i‖²) on each LoRA base weight.
+
+    Example::
+
+        trainer = Trainer(model=peft_model, args=args, train_dataset=train,
+                          callbacks=[FlatLoRATrainerCallback(rho=0.05)])
+
+    Args:
+        rho: σ_T ≥ 0, the final noise strength.
+        schedule: ``"linear"``, ``"cosine"`` or ``"constant"`` ramp from 0 (see ``flat_sigma``).
+        total_steps: T of the ramp; ``None`` takes ``state.max_steps``.
+        seed: The noise seed.
+        restore: ``"regenerate"`` (the paper's) or ``"copy"`` (bfloat16/float16 base weights).
+    """
+
+    def __init__(
+        self,
+        rho: float = 0.05,
+        schedule: str = "linear",
+        total_steps: int | None = None,
+        seed: int = 0,
+        restore: str = "regenerate",
+    ) -> None:
+        validate_flat_settings(rho, schedule, total_steps, restore)
+        self.rho, self.schedule, self.total_steps, self.seed, self.restore = (
+            rho,
+            schedule,
+            total_steps,
+            seed,
+            restore,
+        )
+        self.flat: FlatLoRA | None = None
+
+    @override
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        total = self.total_steps or (state.max_steps if state.max_steps > 0 else None)
+        self.flat = FlatLoRA(kwargs["model"], self.rho, self.schedule, total, self.seed, self.restore)
+        logger.info(
+            f"FlatLoRATrainerCallback: noise on {len(self.flat.layers)} LoRA base weights, rho={self.rho}"
+        )
+
+    @override
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.flat.perturb(state.global_step)
+
+    @override
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.flat.restore()
+
+    @override
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.flat is not None:
+            self.flat.restore()
+
+
+class BiLoRATrainerCallback(TrainerCallback):
+    """Bi-LoRA (Liu et al., ICLR 2026): an auxiliary LoRA pair per layer, ascended in the same backward.
+
+    Args:
+        rho: ρ > 0, the radius of the auxiliary perturbation (global over all layers).
+        aux_lr: η₂; ``None`` takes ``args.learning_rate``. It follows the primary's LR schedule.
+        aux_optimizer: ``"adamw"`` (``maximize=True``, no weight decay) or ``"sgd"`` (plain ascent).
+        rank: The auxiliary rank; ``None`` takes each layer's primary rank.
+        seed: Seeds the auxiliary A₂.
+    """
+
+    def __init__(
+        self,
+        rho: float = 0.05,
+        aux_lr: float | None = None,
+        aux_optimizer: str = "adamw",
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        from lit_bar.callbacks.bilora import AUX_OPTIMIZERS  # the same checks as the Lightning callback
+
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not rho > 0:
+            raise ValueError(f"BiLoRATrainerCallback rho (the perturbation radius) must be > 0, got {rho!r}")
+        if aux_lr is not None and not (isinstance(aux_lr, int | float) and aux_lr > 0):
+            raise ValueError(f"aux_lr must be > 0 or None (args.learning_rate), got {aux_lr!r}")
+        if aux_optimizer not in AUX_OPTIMIZERS:
+            raise ValueError(f"unknown aux_optimizer {aux_optimizer!r}; allowed: {', '.join(AUX_OPTIMIZERS)}")
+        self.rho, self.aux_lr, self.aux_optimizer, self.rank, self.seed = (
+            rho,
+            aux_lr,
+            aux_optimizer,
+            rank,
+            seed,
+        )
+        self.bilora: BiLoRA | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @override
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.bilora = BiLoRA(kwargs["model"], self.rho, self.rank, self.seed)
+        lr = self.aux_lr if self.aux_lr is not None else args.learning_rate
+        params = self.bilora.parameters()
+        if self.aux_optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, maximize=True)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=lr, maximize=True)
+        self.optimizer.param_groups[0]["initial_lr"] = lr
+
+    @override
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        optimizer = kwargs["optimizer"]
+        params = [p for p in self.bilora.parameters() if p.grad is not None]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size() if distributed else 1
+        if world > 1 and params:
+            for p, g in zip(params, all_reduce_sum([p.grad for p in params]), strict=True):
+                p.grad = g.div_(world)
+        base = optimizer.param_groups[0]
+        group = self.optimizer.param_groups[0]
+        group["lr"] = group["initial_lr"] * (
+            base["lr"] / base["initial_lr"] if base.get("initial_lr") else 1.0
+        )
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer holds the GradScaler
+        if params:
+            if scaler is not None:
+                scaler.step(self.optimizer)  # unscales; skips the step on non-finite gradients
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bilora.project_()
+
+    @override
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.bilora is not None:
+            self.bilora.remove()
