@@ -23,12 +23,20 @@ same loss and weight, so it perturbs exactly what the Trainer optimizes::
 
 With ``m`` each chunk of m examples of each micro-batch is perturbed on its own. fp16 (GradScaler)
 and bf16 come from accelerate; the engine uses the scaler for its ascent and seeds.
+
+Accumulation is exact for every head (k micro-batches = one k-times-larger batch). transformers
+skips its 1/k whenever the forward takes ``**kwargs`` (``model_accepts_loss_kwargs``), but BERT's
+and RoBERTa's classification heads take ``**kwargs`` and ignore ``num_items_in_batch``: the stock
+step is then k times too large. ``SAMTrainer`` instead measures once, on the first micro-batch,
+whether the loss divides by the count (:meth:`SAMTrainer._probe_counts_items`), and weights a loss
+that does not by 1/k without passing it the count. ``loss_is_scaled_for_ga`` on a subclass overrides.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -39,6 +47,7 @@ from typing_extensions import override
 
 from lit_bar.engine import SAMEngine
 from lit_bar.hf.callback import will_log
+from lit_bar.step_utils import frozen_batchnorm, rng_state, set_rng_state
 
 __all__ = ["SAMTrainer"]
 
@@ -85,6 +94,7 @@ class SAMTrainer(Trainer):
         self.sam_engine = SAMEngine(rho, adaptive, m, perturbation, precondition)  # validates first
         super().__init__(*args, **kwargs)
         self._sam_stats: dict[str, torch.Tensor] = {}
+        self._counts_items: bool | None = None  # whether compute_loss divides by num_items_in_batch
         self._check_supported()
 
     def _check_supported(self) -> None:
@@ -138,8 +148,10 @@ class SAMTrainer(Trainer):
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()
         inputs = dict(self._prepare_inputs(inputs))  # a dict: m-chunks slice every tensor in it
-        normalised = self._loss_is_normalised(num_items_in_batch)
-        weight = 1.0 if normalised else 1.0 / self.current_gradient_accumulation_steps
+        counted = self._loss_counts_items(model, inputs, num_items_in_batch)
+        if not counted:  # a per-micro-batch mean: weight 1/k, and no count for a head that ignores it
+            num_items_in_batch = None
+        weight = 1.0 if counted else 1.0 / self.current_gradient_accumulation_steps
         last = bool(self.accelerator.gradient_state.sync_gradients)
         logging = self._is_logging_step()
         base = getattr(self.optimizer, "optimizer", self.optimizer)
@@ -152,7 +164,7 @@ class SAMTrainer(Trainer):
             optimizer=base if self.sam_engine.precondition else None,
             module=model,
             logging=logging,
-            mean_loss=not (normalised and num_items_in_batch is not None),
+            mean_loss=not counted,
         )
         if last and logging:
             self._sam_stats = {k: v for k, v in self.sam_engine.stats().items() if k in LOG_NAMES}
@@ -171,12 +183,56 @@ class SAMTrainer(Trainer):
                 logs[LOG_NAMES[name]] = value
         super().log(logs, start_time)
 
-    def _loss_is_normalised(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
-        """Whether ``compute_loss`` is already normalised over the window (the Trainer's own test)."""
+    def _loss_counts_items(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
+    ) -> bool:
+        """Whether ``compute_loss`` divides by ``num_items_in_batch`` (the window's count), so that the
+        micro-batches' losses add up to the window's mean; otherwise each is its own mean (weight 1/k).
+
+        transformers decides this from the signature alone (``model_accepts_loss_kwargs``: the forward
+        takes ``**kwargs``), and BERT/RoBERTa classification heads take ``**kwargs`` but ignore the
+        count, so the stock step adds k means: a k-fold gradient under accumulation. Here a subclass's
+        ``loss_is_scaled_for_ga`` decides if set; else, when a count is passed at all, the first
+        micro-batch with a finite non-zero loss decides by measurement (:meth:`_probe_counts_items`).
+        """
         if self.loss_is_scaled_for_ga is not None:
             return bool(self.loss_is_scaled_for_ga)
-        by_count = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        return bool(by_count or self.compute_loss_func is not None)
+        if num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+            return False
+        if self._counts_items is None:
+            self._counts_items = self._probe_counts_items(model, inputs, num_items_in_batch)
+            if self._counts_items is None:
+                return True  # undecided (a zero or non-finite loss): the Trainer's own rule, this once
+        return self._counts_items
+
+    def _probe_counts_items(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int
+    ) -> bool | None:
+        """Compute the micro-batch's loss with the count n and with 2n (no gradient, same dropout
+        masks, BatchNorm statistics kept): half the loss means it divides by the count, the same loss
+        that it ignores it. Two extra forward passes and one host sync, once per run (per process).
+        ``None`` when the loss is zero or not finite (it cannot tell); a ``ValueError`` otherwise."""
+        rng = rng_state()
+        losses = []
+        with torch.no_grad(), frozen_batchnorm(model):
+            for count in (num_items_in_batch, 2 * num_items_in_batch):
+                set_rng_state(rng)
+                with self.compute_loss_context_manager():
+                    losses.append(self.compute_loss(model, copy.copy(inputs), num_items_in_batch=count))
+        set_rng_state(rng)
+        once, twice = torch.stack([loss.detach().float().reshape(()) for loss in losses]).tolist()
+        if not math.isfinite(once) or once == 0 or not math.isfinite(twice):
+            return None
+        ratio = twice / once
+        if abs(ratio - 0.5) < 0.05:
+            return True
+        if abs(ratio - 1.0) < 0.05:
+            return False
+        raise ValueError(
+            f"SAMTrainer: doubling num_items_in_batch changed the loss by a factor {ratio:.3g} (1: the loss "
+            "ignores it, 0.5: it divides by it), so the accumulation weight is unknown; set the class "
+            "attribute loss_is_scaled_for_ga (True: the loss is normalised over the whole window)"
+        )
 
     def _is_logging_step(self) -> bool:
         """Whether the optimizer step in progress will be logged (``DefaultFlowCallback``'s rule)."""
