@@ -10,6 +10,9 @@ Rows:
   :class:`lit_bar.SAMModule` (and :class:`lit_bar.BalancednessCallback` for nBAR): the path users take.
   Window: ``on_train_batch_start`` → ``on_train_batch_end`` (the whole optimizer step runs in
   ``training_step``; BAR runs in ``on_before_optimizer_step``, inside it).
+- ``Flat-LoRA``, ``Bi-LoRA``: the same with ρ = 0 and :class:`lit_bar.callbacks.FlatLoRACallback`
+  (ρ = 0.05, constant: noise drawn, put on and taken off every step) or
+  :class:`lit_bar.callbacks.BiLoRACallback` (ρ = 0.05, AdamW ascent): one forward/backward per step.
 - ``torch loop``: a hand-written loop, the framework-overhead floor::
 
       logits = model(**batch); loss = cross_entropy(logits, labels); loss.backward()
@@ -40,6 +43,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_bar import BalancednessCallback, SAMModule
+from lit_bar.callbacks import BiLoRACallback, FlatLoRACallback
 
 LR = 1e-4
 
@@ -51,6 +55,13 @@ LIGHTNING: dict[str, tuple[dict[str, Any], bool]] = {
     "FSAM": ({"rho": 0.05, "perturbation": "functional"}, False),
     "PSAM": ({"rho": 0.05, "precondition": "adam"}, False),
     "PSAM+FSAM": ({"rho": 0.05, "perturbation": "functional", "precondition": "adam"}, False),
+    "Flat-LoRA": ({"rho": 0.0}, False),
+    "Bi-LoRA": ({"rho": 0.0}, False),
+}
+#: Lightning rows of BAR's successors: name → their callback (lit_bar.callbacks), added to the row's Trainer
+SUCCESSORS: dict[str, Any] = {
+    "Flat-LoRA": lambda: FlatLoRACallback(rho=0.05, schedule="constant"),  # the noise is drawn at any σ
+    "Bi-LoRA": lambda: BiLoRACallback(rho=0.05),
 }
 HF_ROWS = ("HF Trainer", "HF Trainer+nBAR", "HF SAMTrainer")
 
@@ -209,6 +220,8 @@ def run_lightning(
     callbacks: list[Callback] = [LightningClock(clock)]
     if with_bar:
         callbacks.append(BalancednessCallback(mode="nbar", mu=1.0, schedule="linear"))
+    if name in SUCCESSORS:
+        callbacks.append(SUCCESSORS[name]())
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,

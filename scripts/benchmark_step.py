@@ -57,7 +57,7 @@ TARGETS = [
     ("HF SAMTrainer", "HF Trainer", 2.05),
 ]
 #: causal-LM memory rows: "LM <Lightning row>[ bf16]" (bf16: Lightning's bf16-mixed precision)
-LM_MEMORY_ROWS = ["LM LoRA", "LM SAM", "LM FSAM", "LM SAM bf16", "LM FSAM bf16"]
+LM_MEMORY_ROWS = ["LM LoRA", "LM SAM", "LM FSAM", "LM SAM bf16", "LM FSAM bf16", "LM Flat-LoRA", "LM Bi-LoRA"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
