@@ -34,6 +34,8 @@ METHOD_NAMES = {
     "nbar": "LoRA-nBAR",
     "fsam": "LoRA-FSAM",
     "psam": "LoRA-PSAM",
+    "flatlora": "Flat-LoRA",
+    "bilora": "Bi-LoRA",
 }
 PAPER_METHODS = ("lora", "sam", "obar", "nbar")
 
