@@ -8,6 +8,7 @@ from lit_bar.callbacks.flatlora import FlatLoRACallback
 from lit_bar.callbacks.learning_rate import LearningRateMonitor
 from lit_bar.callbacks.monitor import BalancednessMonitor
 from lit_bar.callbacks.predictions import PredictionWriter
+from lit_bar.callbacks.sharpness import SharpnessMonitor
 
 __all__ = [
     "AdapterExport",
@@ -18,4 +19,5 @@ __all__ = [
     "FlatLoRACallback",
     "LearningRateMonitor",
     "PredictionWriter",
+    "SharpnessMonitor",
 ]
