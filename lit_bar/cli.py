@@ -40,6 +40,7 @@ import lit_bar.data
 import lit_bar.tasks
 import lit_bar.toy  # noqa: F401
 from lit_bar import __version__
+from lit_bar.cli_errors import LitBarArgumentParser
 
 __all__ = ["DESCRIPTION", "LitBarCLI", "cli_kwargs", "configs_dir", "main", "resolve_config_path", "run_cli"]
 
@@ -129,6 +130,16 @@ class LitBarCLI(LightningCLI):
             )
 
 
+def _class_help(subcommand: str) -> str:
+    """The end of ``lit-bar <subcommand> --help``: where the options of the model, data and LoRA are."""
+    return (
+        f"The options of a model, data or callback class: lit-bar {subcommand} --model.help "
+        f"SequenceClassifier (or any task class), --data.help GlueDataModule. Every field of peft's "
+        f"LoraConfig, with peft's help: lit-bar {subcommand} --model SequenceClassifier "
+        f"--model.lora.help LoraSettings."
+    )
+
+
 def cli_kwargs(run: bool = True) -> dict:
     """The keyword arguments ``lit-bar`` gives ``LitBarCLI`` (``run=False``: no subcommand, as in tests)."""
     defaults = {"default_config_files": [str(configs_dir() / "defaults.yaml")]}
@@ -139,9 +150,13 @@ def cli_kwargs(run: bool = True) -> dict:
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # one place for the optimizer: the module's
+        parser_class=LitBarArgumentParser,  # a bad option or config file: one error line
         save_config_kwargs={"overwrite": True},
         # per subcommand: the defaults file holds `trainer:` etc., which only a subcommand's parser accepts
-        parser_kwargs={**main_parser, **{cmd: defaults for cmd in _SUBCOMMANDS}}
+        parser_kwargs={
+            **main_parser,
+            **{cmd: {**defaults, "epilog": _class_help(cmd)} for cmd in _SUBCOMMANDS},
+        }
         if run
         else {**main_parser, **defaults},
         run=run,

@@ -26,6 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from typing_extensions import override
 
+from lit_bar.data.checks import SplitSource
 from lit_bar.hub import load_splits, resolve_pretrained
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross-entropy default)
@@ -162,6 +163,11 @@ class TextDataModule(LightningDataModule):
         for role, data in self.datasets.items():
             for i, part in enumerate(_as_list(data)):
                 self.check_columns(part, f"{role}[{i}]" if isinstance(data, list) else role)
+
+    def split_source(self, split: str) -> SplitSource:
+        """Where split ``split`` comes from (its file in ``data_dir``, or the hub dataset), for messages."""
+        hub = "/".join(n for n in (self.dataset_name, self.dataset_config) if n) or None
+        return SplitSource(split, self.data_dir, hub)
 
     def check_columns(self, dataset: Any, where: str) -> None:
         """Raise ``ValueError`` naming each required column missing from ``dataset``."""

@@ -27,6 +27,7 @@ import torch
 from typing_extensions import override
 
 from lit_bar.data.base import IGNORE_INDEX, TextDataModule, pad_sequences
+from lit_bar.data.checks import check_class_ids
 from lit_bar.data.sampling import sample_roles
 from lit_bar.data.templates import Template
 
@@ -134,9 +135,14 @@ class CandidateDataModule(TextDataModule):
 
     @override
     def select_splits(self, raw: Any) -> dict[str, Any]:
+        labelled = bool(self.candidates or self.candidate_columns)
         for source in dict.fromkeys(self.sources.values()):
             if source in raw:
                 self.check_columns(raw[source], source)
+                if labelled:  # integers, else an error naming the row; the range is checked below
+                    check_class_ids(
+                        raw[source][self.label_column], None, self.split_source(source), self.label_column
+                    )
         chosen = sample_roles(raw, self.sources, self.sizes, self.seed)
         if self.candidates or self.candidate_columns:
             count = len(self.candidates or self.candidate_columns)

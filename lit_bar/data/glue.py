@@ -32,6 +32,7 @@ from typing import Any
 from typing_extensions import override
 
 from lit_bar.data.base import TextDataModule
+from lit_bar.data.checks import check_class_ids, check_targets
 
 __all__ = ["GlueDataModule", "sample_per_class"]
 
@@ -122,11 +123,12 @@ class GlueDataModule(TextDataModule):
         missing = sorted(wanted - set(raw))
         if missing:
             raise ValueError(f"split(s) {missing} not found; the data has splits {sorted(raw)}")
+        for name in sorted(wanted - {None}):  # every row used, before any sampling: file rows are named
+            self.check_columns(raw[name], name)
+            self._check_labels(raw[name], name)
         splits = {"train": raw[self.train_split]}
         if self.k_per_class is not None or self.dev_per_class is not None:
             train = raw[self.train_split]
-            self.check_columns(train, self.train_split)
-            self._check_labels(train, "train")
             rows = sample_per_class(
                 train[self.label_column], self.num_labels, self.k_per_class, self.dev_per_class, self.seed
             )
@@ -139,24 +141,14 @@ class GlueDataModule(TextDataModule):
         splits["test"] = tests if len(tests) > 1 else tests[0]
         return splits
 
-    @override
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+    def _check_labels(self, dataset: Any, split: str) -> None:
+        """Class ids in ``0..num_labels-1``, or finite regression targets (``num_labels=1``)."""
+        source, values = self.split_source(split), dataset[self.label_column]
+        if self.num_labels == 1:
+            check_targets(values, source, self.label_column)
             return
-        super().setup(stage)
-        if self.num_labels > 1:
-            for role, data in self.datasets.items():
-                for part in data if isinstance(data, list) else [data]:
-                    self._check_labels(part, role)
-
-    def _check_labels(self, dataset: Any, role: str) -> None:
-        bad = sorted({y for y in dataset[self.label_column] if not 0 <= y < self.num_labels})
-        if bad:
-            raise ValueError(
-                f"the {role} split has labels {bad[:5]} in column {self.label_column!r}, "
-                f"outside 0..{self.num_labels - 1}"
-                " (GLUE test splits on the hub are unlabelled, -1: evaluate on a validation split instead)"
-            )
+        hint = " (GLUE test splits on the hub are unlabelled, -1: evaluate on a validation split instead)"
+        check_class_ids(values, self.num_labels, source, self.label_column, hint)
 
     @override
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:

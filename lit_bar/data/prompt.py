@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lit_bar.data.base import TextDataModule
+from lit_bar.data.checks import check_class_ids
 from lit_bar.data.templates import TRANSFORMS
 
 __all__ = ["PromptFewShotDataModule", "parse_prompt", "sample_k_per_class"]
@@ -180,7 +181,8 @@ class PromptFewShotDataModule(TextDataModule):
                 raise ValueError(f"split {name!r} not found; the data has splits {sorted(raw)}")
             self.check_columns(raw[name], name)
         self.label_word_ids()  # fail on a bad label word before any training
-        train, test = self._labelled(raw[self.train_split]), self._labelled(raw[self.test_split])
+        train = self._labelled(raw[self.train_split], self.train_split)
+        test = self._labelled(raw[self.test_split], self.test_split)
         if self.test_size is not None and len(test) > self.test_size:
             test = test.select(sorted(random.Random(TEST_SEED).sample(range(len(test)), self.test_size)))
         if self.k is None:
@@ -190,8 +192,10 @@ class PromptFewShotDataModule(TextDataModule):
         )
         return {"train": train.select(train_rows), "validation": train.select(dev_rows), "test": test}
 
-    def _labelled(self, dataset: Any) -> Any:
-        """Rows whose label is a class id (SNLI marks rows without a gold label -1)."""
+    def _labelled(self, dataset: Any, split: str) -> Any:
+        """Rows whose label is a class id (SNLI marks rows without a gold label -1); a label that is
+        no integer at all (a string, ``null``) is an error naming its row."""
+        check_class_ids(dataset[self.label_column], None, self.split_source(split), self.label_column)
         n = len(self.label_words)
         kept = dataset.filter(lambda y: 0 <= y < n, input_columns=self.label_column)
         if len(kept) == 0:
