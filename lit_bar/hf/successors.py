@@ -14,13 +14,18 @@ Where they run in ``Trainer._inner_training_loop`` (transformers 5.x; see lit_ba
     ... on_step_end, logging, evaluation (the noise is off; the auxiliary pair is inactive in eval mode)
 
 Resuming from a Trainer checkpoint draws the same Flat-LoRA noise (ε depends on the seed, t and the
-layer only). Bi-LoRA's auxiliary pair is not in the model, so a Trainer checkpoint does not hold it;
-a resumed Bi-LoRA run restarts the auxiliary pair from its initialisation (the primary adapter and its
-optimizer resume exactly). The saved peft adapter holds the primary LoRA only.
+layer only). Bi-LoRA's auxiliary pair is not in the model, so ``BiLoRATrainerCallback`` writes it and
+its optimizer to ``checkpoint-<step>/bilora_auxiliary.pt`` beside each Trainer checkpoint
+(``on_save``) and reads it back at the first step of a resumed run (the Trainer loads its state only
+after ``on_train_begin``) from ``args.resume_from_checkpoint`` if set, else from
+``<output_dir>/checkpoint-<step>`` (what ``trainer.train(resume_from_checkpoint=True)`` resumes from;
+the Trainer does not tell callbacks a path given to ``train()``). A resumed run without that file
+warns and restarts the auxiliary pair. The saved peft adapter holds the primary LoRA only.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -137,6 +142,10 @@ class BiLoRATrainerCallback(TrainerCallback):
         )
         self.bilora: BiLoRA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._first_step = True
+
+    #: the auxiliary state's file in a Trainer checkpoint folder
+    FILENAME = "bilora_auxiliary.pt"
 
     @override
     def on_train_begin(
@@ -150,6 +159,37 @@ class BiLoRATrainerCallback(TrainerCallback):
         else:
             self.optimizer = torch.optim.SGD(params, lr=lr, maximize=True)
         self.optimizer.param_groups[0]["initial_lr"] = lr
+        self._first_step = True
+
+    @override
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not self._first_step:
+            return
+        self._first_step = False
+        if state.global_step == 0:  # a fresh run
+            return
+        folder = args.resume_from_checkpoint or os.path.join(
+            args.output_dir, f"checkpoint-{state.global_step}"
+        )
+        path = os.path.join(folder, self.FILENAME)
+        if not os.path.isfile(path):
+            logger.warning(f"BiLoRATrainerCallback: resumed at step {state.global_step} without {path}; "
+                           "the auxiliary pair starts again from its initialisation")  # fmt: skip
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.bilora.load_state_dict(saved["bilora"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+
+    @override
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self.bilora is not None and state.is_world_process_zero and os.path.isdir(folder):
+            state_dict = {"bilora": self.bilora.state_dict(), "optimizer": self.optimizer.state_dict()}
+            torch.save(state_dict, os.path.join(folder, self.FILENAME))
 
     @override
     def on_pre_optimizer_step(

@@ -1,8 +1,10 @@
-"""FlatLoRATrainerCallback / BiLoRATrainerCallback in the transformers Trainer against the same hand loops
-as the Lightning callbacks (tests/integration/test_successors_lightning.py): 2 epochs of 16 rows, batch 4,
-2 micro-batches per step, SGD."""
+"""FlatLoRATrainerCallback / BiLoRATrainerCallback in the transformers Trainer, and plain loops, against
+the hand loops of tests/integration/test_successors_lightning.py: 2 epochs of 16 rows, batch 4, 2
+micro-batches per step, SGD."""
 
 from __future__ import annotations
+
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +36,26 @@ class LoraRegressor(nn.Module):
         return {"loss": F.mse_loss(self.net(x), labels)}
 
 
-def hf_train(net, data, callbacks, tmp_path):
+def hf_train(net, data, callbacks, tmp_path, resume=None, **extra):
     from transformers import Trainer, TrainingArguments
 
     class OrderedTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
 
+    extra = {"save_strategy": "no", **extra}
+
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=BATCH, gradient_accumulation_steps=K,
-        num_train_epochs=EPOCHS, max_grad_norm=0.0, report_to="none", use_cpu=True, save_strategy="no",
-        lr_scheduler_type="constant", disable_tqdm=True, seed=0, learning_rate=LR,
+        num_train_epochs=EPOCHS, max_grad_norm=0.0, report_to="none", use_cpu=True,
+        lr_scheduler_type="constant", disable_tqdm=True, seed=0, learning_rate=LR, **extra,
     )  # fmt: skip
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=LR)
     trainer = OrderedTrainer(
         model=LoraRegressor(net), args=args, train_dataset=Rows(*data), callbacks=callbacks,
         optimizers=(optimizer, None),
     )  # fmt: skip
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -79,3 +83,64 @@ def test_bilora_trainer_callback_equals_the_hand_loop(tmp_path):
     hf_train(net, data, [callback], tmp_path)
     assert max_diff(factors(net), factors(want_net)) < TOL
     assert max_diff(callback.bilora.parameters(), want_aux) < TOL
+
+
+def test_bilora_trainer_callback_resumes_its_auxiliary_pair(tmp_path):
+    from lit_bar.hf import BiLoRATrainerCallback
+
+    data, rho = make_data(ROWS), 0.02
+
+    def callback():
+        return BiLoRATrainerCallback(rho=rho, aux_lr=LR2)
+
+    saving = {"save_strategy": "steps", "save_steps": 2}
+    straight_net, straight_cb = lora_net(), callback()
+    hf_train(straight_net, data, [straight_cb], tmp_path / "straight", **saving)
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / BiLoRATrainerCallback.FILENAME).is_file()
+    resumed_net, resumed_cb = lora_net(), callback()
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoint-2")  # resume_from_checkpoint=True picks it
+    hf_train(resumed_net, data, [resumed_cb], tmp_path / "resumed", resume=True)
+    lost_net, lost_cb = lora_net(), callback()  # "auxiliary state lost": the same resume without the file
+    shutil.copytree(checkpoint, tmp_path / "lost" / "checkpoint-2")
+    (tmp_path / "lost" / "checkpoint-2" / BiLoRATrainerCallback.FILENAME).unlink()
+    hf_train(lost_net, data, [lost_cb], tmp_path / "lost", resume=True)
+    assert max_diff(lost_cb.bilora.parameters(), straight_cb.bilora.parameters()) > 1e3 * TOL
+    assert max_diff(factors(resumed_net), factors(straight_net)) < TOL
+    assert max_diff(resumed_cb.bilora.parameters(), straight_cb.bilora.parameters()) < TOL
+
+
+def test_plain_loops_with_the_pure_torch_pieces_equal_the_hand_loops():
+    """The usage the docstrings of lit_bar.methods.FlatLoRA / BiLoRA show, in a hand-written loop."""
+    from test_successors_lightning import STEPS, windows
+
+    from lit_bar.methods import BiLoRA, FlatLoRA
+
+    data = make_data(ROWS)
+    net = lora_net()
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=LR)
+    flat = FlatLoRA(net, rho=0.5, schedule="linear", total_steps=STEPS)
+    for step, window in enumerate(windows(data)):
+        flat.perturb(step)
+        for x, y in window:
+            (F.mse_loss(net(x), y) / K).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        flat.restore()
+    assert max_diff(factors(net), factors(hand_flatlora(data, rho=0.5))) < TOL
+
+    net = lora_net()
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=LR)
+    bi = BiLoRA(net, rho=0.02)
+    aux = torch.optim.SGD(bi.parameters(), lr=LR2, maximize=True)
+    for window in windows(data):
+        for x, y in window:
+            (F.mse_loss(net(x), y) / K).backward()
+        optimizer.step()
+        aux.step()
+        bi.project_()
+        optimizer.zero_grad()
+        aux.zero_grad()
+    want_net, want_aux = hand_bilora(data, 0.02)
+    assert max_diff(factors(net), factors(want_net)) < TOL
+    assert max_diff(bi.parameters(), want_aux) < TOL
