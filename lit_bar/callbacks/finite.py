@@ -11,14 +11,15 @@ Design (no host sync in a training step). After every micro-batch, on the device
     weights  after each optimizer step, every trainable parameter is finite        max |w|, foreach
 
 and the first optimizer step at which any of them failed, with what failed, is kept in two 0-d
-device tensors. The host reads them (one copy, and under DDP one all-reduce so every process stops
-together) only where Lightning synchronises anyway: every ``every_n_steps`` optimizer steps
-(default: the Trainer's ``log_every_n_steps``), before every checkpoint save and at the end of
-training. Detection latency: the run stops at most ``every_n_steps − 1`` optimizer steps after the
-first non-finite value, and no checkpoint is written and no adapter exported after it (a save in
-between is refused here, and by :class:`lit_bar.SAMModule` for ``save_weights_only`` checkpoints;
-:class:`lit_bar.callbacks.AdapterExport` refuses non-finite weights itself). The weights are also
-checked once at the start of training (a corrupted checkpoint shows there).
+device tensors. The host reads them (one copy, and under DDP two tiny all-reduces so every process
+stops together with the same message) only where Lightning synchronises anyway: every
+``every_n_steps`` optimizer steps (default: the Trainer's ``log_every_n_steps``), before every
+checkpoint save and at the end of training. Detection latency: the run stops at most
+``every_n_steps − 1`` optimizer steps after the first non-finite value, and no checkpoint is
+written and no adapter exported after it (a save in between is refused here, and by
+:class:`lit_bar.SAMModule` for ``save_weights_only`` checkpoints; :class:`AdapterExport` refuses
+non-finite weights itself). The weights are also checked once at the start of training (a
+corrupted checkpoint shows there). Cost per micro-batch: a few small kernels, no host sync.
 
 Mixed precision: under ``16-mixed`` the GradScaler skips a step whose gradients are not finite and
 the weights stay as they were: such a skipped step stays a skipped step. A non-finite loss is then
@@ -135,10 +136,15 @@ class FiniteCheck(Callback):
 
     # ------------------------------------------------------------------ on the host
     def _check(self, trainer: pl.Trainer, where: str) -> None:
+        """Raise if any process recorded a failure: the earliest step over processes, and what failed
+        then on any of them (two small all-reduces under DDP, so every process raises the same error)."""
         if self._step is None:
             return
-        packed = trainer.strategy.reduce(self._step * 8 + self._code, reduce_op="min")  # every process
-        value = int(packed)  # the one host sync
+        first = trainer.strategy.reduce(self._step.clone(), reduce_op="min")
+        mine = torch.where(self._step == first, self._code, 0)
+        bits = torch.stack([(mine >> i) & 1 for i in range(3)])  # one flag per _BATCH, _LOSS, _WEIGHTS
+        bits = trainer.strategy.reduce(bits, reduce_op="max")  # max of 0/1 flags: an OR over processes
+        value = int(first * 8 + sum(bits[i] << i for i in range(3)))  # the one host sync
         if value >= _CLEAN * 8:
             return
         raise NonFiniteError(self._message(trainer, value // 8, value % 8, where))
@@ -172,7 +178,7 @@ class FiniteCheck(Callback):
                 "(gradient_clip_val); otherwise non-finite inputs, or a corrupted checkpoint"
             )
         return (
-            f"training diverged: {' and '.join(what)} became NaN/inf at optimizer step {step} "
+            f"training diverged: {_listed(what)} became NaN/inf at optimizer step {step} "
             f"(found {where}; FiniteCheck reads its record every few steps); likely cause: {cause}. "
             "No checkpoint was saved and no adapter exported after that step"
         )
@@ -181,6 +187,10 @@ class FiniteCheck(Callback):
 def _learning_rate(trainer: pl.Trainer) -> str:
     rates = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups if "lr" in group})
     return ", ".join(f"{r:g}" for r in rates) or "unknown"  # the current value (after any schedule)
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _names(names: list[str], shown: int = 3) -> str:

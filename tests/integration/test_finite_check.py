@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -166,6 +167,18 @@ def test_a_checkpoint_with_huge_finite_weights_is_named_as_the_cause(tmp_path):
     module = TinySAM(make_net(dtype=torch.float32), optimizer=sgd(0.01))
     with pytest.raises(NonFiniteError, match=r"at optimizer step 3 .*likely cause: a corrupted checkpoint"):
         fit_trainer.fit(module, loader(x, y, 4), ckpt_path=str(tmp_path / "corrupt.ckpt"))
+
+
+def test_ddp_every_process_stops_at_the_same_check_with_the_same_message(tmp_path):
+    """Only rank 1 sees the NaN batch; both ranks must stop together, naming it (no hang, no split)."""
+    script = Path(__file__).with_name("finite_ddp_script.py")
+    command = [sys.executable, str(script), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "stopped:" in done.stdout, (done.stdout + done.stderr)[-3000:]
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert messages[0] == messages[1], messages
+    assert "the training batch (inputs or targets), the loss and the trainable weights" in messages[0]
+    assert "at optimizer step 3 (found at step 4;" in messages[0]
 
 
 # ------------------------------------------------------------------ fp16: skipped steps stay skipped
