@@ -32,6 +32,7 @@ from typing_extensions import override
 from lit_bar.callbacks.flatlora import refuse_combinations
 from lit_bar.engine import all_reduce_sum
 from lit_bar.methods.bilora import BiLoRA
+from lit_bar.resume import gather_per_rank
 
 __all__ = ["AUX_OPTIMIZERS", "BiLoRACallback"]
 
@@ -73,6 +74,7 @@ class BiLoRACallback(Callback):
         self.bilora: BiLoRA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, Any] | None = None
+        self._pending_grads: list[Any] | None = None  # per rank: a window's auxiliary gradients
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -94,6 +96,9 @@ class BiLoRACallback(Callback):
             self.bilora.load_state_dict(self._pending["bilora"])
             self.optimizer.load_state_dict(self._pending["optimizer"])
             self._pending = None
+        if self._pending_grads is not None:
+            self._load_window(trainer, self._pending_grads)
+            self._pending_grads = None
         rank_zero_info(
             f"BiLoRACallback: auxiliary pairs on {len(self.bilora.layers)} LoRA layers, rho={self.rho}, "
             f"{self.aux_optimizer} ascent at lr={lr}"
@@ -122,6 +127,35 @@ class BiLoRACallback(Callback):
         every = trainer.log_every_n_steps
         if self.log_norm and every and (trainer.global_step + 1) % every == 0:
             pl_module.log("bilora/perturbation_norm", norm.detach().cpu())
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Inside an accumulation window, keep every process's auxiliary gradients (as SAMModule keeps
+        the primary's): a collective under DDP, as ``Trainer.save_checkpoint`` is."""
+        if self.bilora is None:
+            return
+        grads = [None if p.grad is None else p.grad.detach() for p in self.bilora.parameters()]
+        if any(g is not None for g in grads):
+            checkpoint["bilora_window"] = gather_per_rank(grads, trainer.world_size)
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if "bilora_window" in checkpoint:
+            self._pending_grads = checkpoint["bilora_window"]
+
+    def _load_window(self, trainer: pl.Trainer, window: list[Any]) -> None:
+        if len(window) != trainer.world_size:
+            raise ValueError(
+                f"the checkpoint was saved inside an accumulation window by {len(window)} processes; Bi-LoRA "
+                f"resumes it exactly only with {len(window)} (this run has {trainer.world_size}): resume "
+                "from a checkpoint at an optimizer step"
+            )
+        for p, g in zip(self.bilora.parameters(), window[trainer.global_rank], strict=True):
+            p.grad = None if g is None else g.to(p.device)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -281,6 +281,48 @@ def test_bilora_resumes_its_auxiliary_pair_and_optimizer(tmp_path):
     assert max_diff(resumed_cb.bilora.parameters(), straight_cb.bilora.parameters()) < TOL
 
 
+class SaveInsideWindowAndStop(Callback):
+    """Saves a checkpoint after the first micro-batch of the second window, then stops."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == K:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("successor", ["flatlora", "bilora"])
+def test_resume_from_inside_an_accumulation_window_is_exact(tmp_path, successor):
+    """Flat-LoRA: the checkpoint holds the clean base weights and the resumed window draws the same ε;
+    Bi-LoRA: the auxiliary gradients of the window's first micro-batch come back."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def make_callback():
+        return FlatLoRACallback(rho=0.5) if successor == "flatlora" else BiLoRACallback(rho=0.02, aux_lr=LR2)
+
+    def run(callbacks, ckpt_path=None):
+        module = TinySAM(lora_net(), rho=0.0, optimizer=sgd(LR), accumulate_grad_batches=K)
+        data = StatefulDataLoader(torch.utils.data.TensorDataset(*make_data(ROWS)), batch_size=BATCH)
+        fit(module, data, max_epochs=1, callbacks=callbacks, ckpt_path=ckpt_path)
+        return module, callbacks[0]
+
+    straight, straight_cb = run([make_callback()])
+    path = tmp_path / "inside.ckpt"
+    run([make_callback(), SaveInsideWindowAndStop(path)])
+    saved = torch.load(path, weights_only=True)
+    assert "sam_window" in saved  # SAMModule saved the primary's partial window
+    clean = bases(lora_net())
+    for name, start in zip(("net.hidden.base_layer.weight", "net.out.base_layer.weight"), clean, strict=True):
+        assert (saved["state_dict"][name] - start).abs().max() < 1e-14  # never the noisy weights
+    resumed, resumed_cb = run([make_callback()], ckpt_path=str(path))
+    assert max_diff(factors(resumed.net), factors(straight.net)) < TOL
+    if successor == "bilora":
+        assert "bilora_window" in saved
+        assert max_diff(resumed_cb.bilora.parameters(), straight_cb.bilora.parameters()) < TOL
+
+
 # ------------------------------------------------------------------------------------------- combinations
 def test_successors_refuse_sam_and_each_other_and_combine_with_nbar():
     data = make_data(ROWS)
