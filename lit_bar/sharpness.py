@@ -325,8 +325,18 @@ def _set(params: list[torch.Tensor], saved: list[torch.Tensor], offset: list[tor
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    norms = torch._foreach_norm([t.float() for t in tensors])
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    norms = torch._foreach_norm(_wide(tensors))
+    dtype = _wide_dtype(*(n.dtype for n in norms))
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, dtype) for n in norms]))
+
+
+def _wide_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float32, or float64 if any of ``dtypes`` is: half precision is never worked in."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _wide(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.to(_wide_dtype(t.dtype)) for t in tensors]
 
 
 def _loss_and_grads(loss_fn: LossFn, params: list[torch.Tensor], batch: Any) -> tuple[torch.Tensor, list]:
@@ -337,9 +347,9 @@ def _loss_and_grads(loss_fn: LossFn, params: list[torch.Tensor], batch: Any) -> 
 
 def _ascend(eps: list[torch.Tensor], grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
     """Π_ρ(ε + ρ g / ‖g‖); a zero gradient leaves ε as it is."""
-    grads = [g.float() for g in grads]
+    grads = _wide(grads)
     step = rho / _norm(grads).clamp_min(torch.finfo(torch.float32).tiny)
-    moved = torch._foreach_add([e.float() for e in eps], torch._foreach_mul(grads, step))
+    moved = torch._foreach_add(_wide(eps), torch._foreach_mul(grads, step))
     shrink = (rho / _norm(moved)).clamp(max=1.0)  # ‖ε‖ = 0 gives inf, clamped to 1
     return torch._foreach_mul(moved, shrink)
 
@@ -352,7 +362,7 @@ def _mean_hvp(
     loss_fn: LossFn, params: list[torch.Tensor], batches: Sequence[Any], v: list[torch.Tensor]
 ) -> list[torch.Tensor]:
     """H v of the mean loss over ``batches`` (one double backward per batch)."""
-    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    total = [torch.zeros_like(p, dtype=_wide_dtype(p.dtype)) for p in params]
     for batch in batches:
         with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
             loss = loss_fn(batch)
@@ -362,15 +372,16 @@ def _mean_hvp(
         dot = sum((g * vi.to(g.dtype)).sum() for g, vi in zip(grads, v, strict=True))
         if dot.requires_grad:  # else the gradient does not depend on w: H = 0
             hv = torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True)
-            torch._foreach_add_(total, [h.float() for h in hv])
+            torch._foreach_add_(total, _wide(hv))
     return torch._foreach_div(total, float(len(batches)))
 
 
 def _random_direction(
     like: list[torch.Tensor], radius: float, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """ρ z / ‖z‖, z ~ N(0, I) drawn on the CPU (the same on every device); float32, on ``like``'s devices."""
-    z = [torch.randn(t.shape, generator=generator, dtype=torch.float32) for t in like]
+    """ρ z / ‖z‖, z ~ N(0, I) drawn on the CPU (the same on every device), on ``like``'s devices, in
+    float32 (float64 for float64 tensors)."""
+    z = [torch.randn(t.shape, generator=generator, dtype=_wide_dtype(t.dtype)) for t in like]
     scale = radius / _norm(z)
     return [(zi * scale).to(t.device) for zi, t in zip(z, like, strict=True)]
 
