@@ -29,9 +29,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 # Imported for their classes: jsonargparse resolves short class names among imported subclasses.
@@ -40,7 +42,15 @@ import lit_bar.data
 import lit_bar.tasks
 import lit_bar.toy  # noqa: F401
 from lit_bar import __version__
+from lit_bar.callbacks.progress import drop_when_bars_are_off
+from lit_bar.checkpoint_io import (
+    SafeCheckpointIO,
+    find_last_checkpoint,
+    read_checkpoint,
+    run_checkpoint_folders,
+)
 from lit_bar.cli_errors import LitBarArgumentParser
+from lit_bar.resume import PreemptionCheckpoint, dead_peer_message
 
 __all__ = ["DESCRIPTION", "LitBarCLI", "cli_kwargs", "configs_dir", "main", "resolve_config_path", "run_cli"]
 
@@ -103,6 +113,8 @@ def _refuse_top_level(flag: str, model_key: str) -> Any:
 class LitBarCLI(LightningCLI):
     """LightningCLI with lit_bar's data → model links, no top-level optimizer, and ``temp_root_dir``."""
 
+    last_trainer: Trainer | None = None  # the trainer built last (main() asks its DDP launcher who died)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
@@ -121,8 +133,37 @@ class LitBarCLI(LightningCLI):
             )
 
     @override
+    def _parse_ckpt_path(self) -> None:
+        """Before Lightning reads ``--ckpt_path`` (for the model's hyperparameters): ``last`` becomes
+        the run's newest checkpoint, and the file is checked (:func:`read_checkpoint`), so that a
+        missing, empty, truncated, foreign or corrupt file stops the run with one line."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if ckpt_path == "last":
+            ckpt_path = str(find_last_checkpoint(run_checkpoint_folders(config.trainer)))
+            config.ckpt_path = ckpt_path
+            rank_zero_info(f"lit-bar: --ckpt_path last: {ckpt_path} (the newest checkpoint of this run)")
+        if ckpt_path and ckpt_path not in ("best", "hpc") and "://" not in str(ckpt_path):
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, saving and loading checkpoints through :class:`SafeCheckpointIO` (unless
+        the run set a checkpoint plugin of its own) and saving one when SIGTERM stops a fit."""
+        trainer = super().instantiate_trainer(**kwargs)
+        LitBarCLI.last_trainer = trainer
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
+            trainer.callbacks.append(PreemptionCheckpoint())
+        return trainer
+
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        drop_when_bars_are_off(config.trainer)
         if config.get("temp_root_dir") and config.trainer.get("default_root_dir") is None:
             config.trainer.default_root_dir = tempfile.mkdtemp(prefix="lit-bar-")
             rank_zero_info(
@@ -188,6 +229,15 @@ def main(args: list[str] | None = None) -> None:
         print(f"lit-bar: error: {message}", file=sys.stderr)
         print("(set LIT_BAR_TRACEBACK=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:  # PreemptionCheckpoint saved and said where
+        raise SystemExit(143) from None
+    except RuntimeError as err:  # a collective failed because another rank died: say which, in one line
+        trainer = LitBarCLI.last_trainer
+        message = dead_peer_message(err, trainer.strategy.launcher if trainer is not None else None)
+        if message is None:
+            raise
+        print(f"lit-bar: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run_cli(args: list[str] | None = None) -> LitBarCLI:

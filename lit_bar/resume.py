@@ -1,4 +1,4 @@
-"""What a checkpoint needs beyond Lightning's own state for an exact resume: the random generators.
+"""What an exact resume needs beyond Lightning's own state (the random generators), and preemption.
 
 Lightning saves no RNG state, so a resumed run draws fresh dropout masks. These functions turn the
 torch, CUDA, numpy and Python ``random`` states into tensors, ints and floats only, which
@@ -10,15 +10,26 @@ seeds from their own generators, so building them does not move the global state
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["collect_rng_states", "gather_per_rank", "restore_rng_states"]
+__all__ = [
+    "PreemptionCheckpoint",
+    "collect_rng_states",
+    "dead_peer_message",
+    "gather_per_rank",
+    "restore_rng_states",
+]
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -92,3 +103,69 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_to_cpu(v) for v in value)
     return value
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """On SIGTERM during ``fit`` (what SLURM and most schedulers send before they preempt a job):
+    save ``preempted-step=<N>.ckpt`` beside the run's checkpoints and say so in one line.
+
+    Lightning's signal handler only notes the signal; its training loop then stops at the end of
+    the micro-batch in progress by raising ``SIGTERMException`` (a ``SystemExit``), and this
+    callback's ``on_exception`` saves there, a mid-epoch (or mid-window) checkpoint that resumes
+    exactly (``--ckpt_path last`` picks it, being the newest). ``lit-bar`` then exits with status 143
+    (128 + SIGTERM), so that ``lit-bar fit ... && lit-bar test ...`` does not test a cut-short run.
+    Nothing is saved for any other exception (a NaN stop, a crash): those states are no good to
+    resume from.
+    """
+
+    def __init__(self, filename: str = "preempted-step={step}") -> None:
+        self.filename = filename
+        self.saved: Path | None = None
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        callback = trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            return Path(callback.dirpath)
+        log_dir = trainer.log_dir if trainer.loggers else None
+        return Path(log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        path = self._folder(trainer) / f"{self.filename.format(step=trainer.global_step)}.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = path
+        rank_zero_info(
+            f"lit-bar: SIGTERM: stopped at step {trainer.global_step} (epoch {trainer.current_epoch}) and "
+            f"saved a resumable checkpoint: {path}; resume with --ckpt_path last (or that path)"
+        )
+
+
+_PARENT_PID = os.getppid()  # a DDP rank > 0 started by rank 0: rank 0's pid
+
+
+def dead_peer_message(err: BaseException, launcher: Any = None) -> str | None:
+    """One line for a collective that failed because another process of a multi-process run ended:
+    which rank it was and how it ended, where this process can tell (``None`` for other errors).
+
+    Rank 0 started the other ranks (Lightning's ``ddp`` launcher, ``launcher.procs``) and sees their
+    exit status; a rank > 0 sees that its parent, rank 0, is gone.
+    """
+    if not isinstance(err, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world < 2:
+        return None
+    dead: list[str] = []
+    for i, proc in enumerate(getattr(launcher, "procs", None) or [], start=1):
+        code = proc.poll()
+        if code is not None:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            dead.append(f"rank {i} (pid {proc.pid}) {how}")
+    if rank != 0 and os.getppid() != _PARENT_PID:
+        dead.append(f"rank 0 (pid {_PARENT_PID}) is gone")
+    who = "; ".join(dead) if dead else "another process of this run stopped answering"
+    what = " ".join(str(err).strip().splitlines()[:1])[:160]
+    return f"rank {rank} of {world}: {who}, so a collective failed and this one stops too ({what})"
