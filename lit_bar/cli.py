@@ -39,8 +39,9 @@ from typing_extensions import override
 # Imported for their classes: jsonargparse resolves short class names among imported subclasses.
 import lit_bar.callbacks
 import lit_bar.data
+import lit_bar.quiet
 import lit_bar.tasks
-import lit_bar.toy  # noqa: F401
+import lit_bar.toy
 from lit_bar import __version__
 from lit_bar.callbacks.progress import drop_when_bars_are_off
 from lit_bar.checkpoint_io import (
@@ -245,7 +246,9 @@ def run_cli(args: list[str] | None = None) -> LitBarCLI:
 
     ``--config configs/...`` paths missing from the working directory are read from the shipped
     configs (:func:`resolve_config_path`). Errors propagate (``main`` turns them into one line).
+    Library messages that do not concern the run are filtered by their text (:mod:`lit_bar.quiet`).
     """
+    lit_bar.quiet.install()
     if args is None:  # the console script: LightningCLI reads sys.argv itself
         sys.argv[1:] = _with_shipped_configs(sys.argv[1:])
         return LitBarCLI(**cli_kwargs())

@@ -8,6 +8,7 @@ from lit_bar.callbacks.flatlora import FlatLoRACallback
 from lit_bar.callbacks.learning_rate import LearningRateMonitor
 from lit_bar.callbacks.monitor import BalancednessMonitor
 from lit_bar.callbacks.predictions import PredictionWriter
+from lit_bar.callbacks.progress import StepProgressBar
 from lit_bar.callbacks.sharpness import SharpnessMonitor
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "LearningRateMonitor",
     "PredictionWriter",
     "SharpnessMonitor",
+    "StepProgressBar",
 ]
