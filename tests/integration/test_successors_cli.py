@@ -1,4 +1,5 @@
-"""``lit-bar fit`` with configs/method/flatlora.yaml and bilora.yaml: 4 steps on a tiny SST-2 RoBERTa.
+"""``lit-bar fit`` with configs/method/flatlora.yaml and bilora.yaml: 4 steps on a tiny SST-2 RoBERTa and on
+every other task family (prompt RoBERTa, OPT candidates and LM, GPT-2 WebNLG).
 
 The exported ``adapter/`` must hold the primary LoRA factors (and the task head) only, equal to the
 trained module's; Flat-LoRA must leave the base weights as they were; Bi-LoRA's auxiliary pair must
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
+from test_host_syncs import ROOT, families  # noqa: F401  (the fixture: one tiny run per task family)
 
 from lit_bar.callbacks import BiLoRACallback, FlatLoRACallback
 from lit_bar.cli import main
@@ -91,3 +93,31 @@ def test_method_config_trains_and_exports_the_primary_adapter_only(
         assert len(seen["aux_b"]) == len(trained) // 2
         assert all(b.abs().max() > 0 for b in seen["aux_b"])  # B₂ starts at 0: the ascent moved it
         assert "bilora/perturbation_norm" in metrics
+
+
+@pytest.mark.parametrize("method", ["flatlora", "bilora"])
+@pytest.mark.parametrize("family", ["prompt", "causal-candidates", "causal-squad-lm", "webnlg"])
+def test_method_config_trains_every_task_family(families, family, method, tmp_path: Path) -> None:  # noqa: F811
+    """OPT (Linear), GPT-2 (split q/k/v from Conv1D), prompt-based RoBERTa: 4 steps, the adapter written."""
+    config, model, data, *extra = families[family]
+    if family == "webnlg":
+        extra += ["--model.init_args.lr_scheduler.init_args.warmup_steps", "1"]  # the file warms up 500 steps
+    args = [
+        "fit", "--config", str(ROOT / config), "--config", str(ROOT / f"configs/method/{method}.yaml"),
+        "--config", str(ROOT / "configs/debug.yaml"),
+        "--model.init_args.model_name_or_path", model, "--data.init_args.data_dir", data,
+        "--data.init_args.batch_size", "4", "--trainer.default_root_dir", str(tmp_path), *extra,
+        "--trainer.callbacks+", json.dumps({"class_path": f"{__name__}.Recorder"}),
+    ]  # fmt: skip
+    main(args)
+    seen = Recorder.seen
+    (adapter,) = list(tmp_path.rglob("adapter_model.safetensors"))
+    exported = [k for k in load_file(adapter) if "lora_" in k]
+    assert exported and all(".lora_A." in k or ".lora_B." in k for k in exported)
+    assert all(torch.isfinite(v).all() for v in seen["lora_end"].values())
+    if method == "flatlora":
+        assert seen["flat_layers"] > 0 and seen["noise_seen"] > 0
+        for name, start in seen["base_start"].items():
+            assert (seen["base_end"][name] - start).abs().max() < 1e-6
+    else:
+        assert all(b.abs().max() > 0 for b in seen["aux_b"])
