@@ -6,9 +6,6 @@ Implements *Implicit Regularization of Sharpness-Aware Minimization for Scale-In
 :class:`BalancednessCallback`.
 """
 
-from lit_bar.bar import apply_bar, bar_signs, mu_at
-from lit_bar.pairs import FactorPair, balancedness, find_lora_pairs, pairs_from_names
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,7 +22,24 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # the Lightning layer loads on first use, so pure-torch users never import it
+#: Names loaded on first use (``import lit_bar`` imports neither torch nor Lightning: ``lit-bar
+#: --version`` is instant, and pure-torch users never import Lightning).
+_LAZY = {
+    "apply_bar": "lit_bar.bar",
+    "bar_signs": "lit_bar.bar",
+    "mu_at": "lit_bar.bar",
+    "FactorPair": "lit_bar.pairs",
+    "balancedness": "lit_bar.pairs",
+    "find_lora_pairs": "lit_bar.pairs",
+    "pairs_from_names": "lit_bar.pairs",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "SAMModule":
         from lit_bar.sam_module import SAMModule
 
