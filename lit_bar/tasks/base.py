@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from lit_bar.export import as_lora_settings, drop_frozen_weights, load_adapter, restore_frozen_weights
 from lit_bar.sam_module import SAMModule
-from lit_bar.tasks.lora import lora_parameter_groups
+from lit_bar.tasks.checkpoint import drop_frozen_weights, restore_frozen_weights
+from lit_bar.tasks.lora import as_lora_settings, load_adapter, lora_parameter_groups
 
 __all__ = ["LoRATask"]
 

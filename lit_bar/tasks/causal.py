@@ -32,13 +32,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 from typing_extensions import override
 
-from lit_bar.export import (
-    UNSAVED_HPARAMS,
-    as_lora_settings,
-    classification_rows,
-    plain_hparams,
-)
 from lit_bar.tasks.base import LoRATask
+from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import (
     decode_continuations,
     load_causal_lm,
@@ -47,7 +42,8 @@ from lit_bar.tasks.language_model import (
     stop_token_ids,
     target_index,
 )
-from lit_bar.tasks.lora import LoraSettings, apply_lora
+from lit_bar.tasks.lora import LoraSettings, apply_lora, as_lora_settings
+from lit_bar.tasks.metrics import classification_rows
 
 __all__ = ["CausalLMTask", "candidate_score_matrix"]
 

@@ -8,8 +8,8 @@ references of each input, for all inputs and for the seen / unseen categories ap
 **LoRA on q and v as separate pairs.** GPT-2 computes q, k and v with one fused ``Conv1D``
 (``attn.c_attn``, d → 3d); LoRA on it would be one (A, B) pair whose update spans q, k *and* v,
 i.e. a different adapter (and a different balancedness) than the paper's. So, with
-``split_qkv=True`` (the default), :func:`split_fused_qkv` replaces every ``c_attn`` by
-:class:`FusedQKVSplit` — three ``nn.Linear`` named ``q_proj``, ``k_proj``, ``v_proj`` holding the
+``split_qkv=True`` (the default), :func:`lit_bar.qkv.split_fused_qkv` replaces every ``c_attn`` by
+:class:`lit_bar.qkv.FusedQKVSplit` — three ``nn.Linear`` named ``q_proj``, ``k_proj``, ``v_proj`` holding the
 same weights, whose concatenated output equals ``c_attn``'s — and LoRA targets ``[q_proj, v_proj]``:
 two pairs per layer, as microsoft/LoRA's ``MergedLinear(enable_lora=[True, False, True])`` does for
 the paper's GPT-2 runs. ``split_qkv=False`` with ``target_modules: [c_attn]`` gives the fused pair.
@@ -28,56 +28,18 @@ from typing import Any
 import torch
 from torch import nn
 from torchmetrics.text import SacreBLEUScore
-from transformers.pytorch_utils import Conv1D
 from typing_extensions import override
 
-from lit_bar.export import (
-    UNSAVED_HPARAMS,
-    as_lora_settings,
-    plain_hparams,
-)
+from lit_bar.qkv import FusedQKVSplit, split_fused_qkv
 from lit_bar.tasks.base import LoRATask
+from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss
-from lit_bar.tasks.lora import LoraSettings, apply_lora
+from lit_bar.tasks.lora import LoraSettings, apply_lora, as_lora_settings
 
 __all__ = ["SUBSETS", "DataToTextGenerator", "FusedQKVSplit", "split_fused_qkv"]
 
 SUBSETS = ("all", "seen", "unseen")
 STAGES = ("val", "test")
-
-
-class FusedQKVSplit(nn.Module):
-    """A fused q/k/v projection (``Conv1D`` d → 3d) as three ``nn.Linear``; same output, separate modules.
-
-    Args:
-        fused: GPT-2's ``c_attn``: ``weight`` (d_in, 3·d), ``bias`` (3·d); y = x W + b.
-    """
-
-    def __init__(self, fused: Conv1D) -> None:
-        super().__init__()
-        d_in, d_out = fused.weight.shape[0], fused.weight.shape[1] // 3
-        kwargs = {"device": fused.weight.device, "dtype": fused.weight.dtype}
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d_in, d_out, **kwargs) for _ in range(3))
-        with torch.no_grad():
-            for i, linear in enumerate((self.q_proj, self.k_proj, self.v_proj)):
-                linear.weight.copy_(fused.weight[:, i * d_out : (i + 1) * d_out].T)
-                linear.bias.copy_(fused.bias[i * d_out : (i + 1) * d_out])
-
-    @override
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)], dim=-1)
-
-
-def split_fused_qkv(model: nn.Module, name: str = "c_attn") -> int:
-    """Replace each fused ``Conv1D`` named ``name`` by a :class:`FusedQKVSplit`; return how many."""
-    targets = [(parent, child) for parent in model.modules() for child, _ in parent.named_children()]
-    count = 0
-    for parent, child in targets:
-        module = getattr(parent, child)
-        if child == name and isinstance(module, Conv1D) and module.weight.shape[1] % 3 == 0:
-            setattr(parent, child, FusedQKVSplit(module))
-            count += 1
-    return count
 
 
 class DataToTextGenerator(LoRATask):

@@ -15,16 +15,11 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from lit_bar.export import (
-    UNSAVED_HPARAMS,
-    as_lora_settings,
-    classification_rows,
-    plain_hparams,
-)
 from lit_bar.hub import resolve_pretrained
 from lit_bar.tasks.base import LoRATask
-from lit_bar.tasks.lora import LoraSettings, apply_lora, load_adapter_weights
-from lit_bar.tasks.metrics import build_metrics, default_metrics
+from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
+from lit_bar.tasks.lora import LoraSettings, apply_lora, as_lora_settings, load_adapter_weights
+from lit_bar.tasks.metrics import build_metrics, classification_rows, default_metrics
 
 __all__ = ["MODEL_INPUTS", "SequenceClassifier"]
 

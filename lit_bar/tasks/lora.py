@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,7 +30,14 @@ from torch import nn
 from lit_bar.optim.groups import LR_SCALE
 from lit_bar.pairs import module_pairs
 
-__all__ = ["LoraSettings", "apply_lora", "load_adapter_weights", "lora_parameter_groups"]
+__all__ = [
+    "LoraSettings",
+    "apply_lora",
+    "as_lora_settings",
+    "load_adapter",
+    "load_adapter_weights",
+    "lora_parameter_groups",
+]
 
 #: peft's bookkeeping fields: set by the task module and ``get_peft_model``, not by a config.
 _BOOKKEEPING = (
@@ -205,8 +213,6 @@ def load_adapter_weights(model: nn.Module, path: str) -> list[str]:
     Raises:
         ValueError: the path does not exist, holds no LoRA tensors, or some match no parameter here.
     """
-    from pathlib import Path
-
     import torch
     from peft.utils import load_peft_weights
 
@@ -237,3 +243,89 @@ def _with_adapter(key: str, adapter: str) -> str:
     parts = key.split(".")
     at = next((i for i, part in enumerate(parts) if part.startswith("lora_")), None)
     return key if at is None else ".".join([*parts[: at + 1], adapter, *parts[at + 1 :]])
+
+
+def as_lora_settings(lora: LoraSettings | dict[str, Any] | None) -> LoraSettings | None:
+    """:class:`LoraSettings` from a dict (as ``load_from_checkpoint`` passes the saved hparam) or as is.
+
+    The dict holds the fields, or LightningCLI's ``{"class_path": ..., "init_args": {fields}}``.
+
+    Raises:
+        ValueError: ``lora`` is neither ``None``, a ``LoraSettings`` nor a dict of its fields.
+    """
+    if lora is None or isinstance(lora, LoraSettings):
+        return lora
+    if isinstance(lora, dict):
+        return LoraSettings(**(lora.get("init_args", {}) if "class_path" in lora else lora))
+    raise ValueError(f"lora must be LoraSettings, a dict of its fields or None, got {type(lora).__name__}")
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
+    """Load a peft adapter folder into the peft ``model``: LoRA factors *and* ``modules_to_save`` (head).
+
+    A stock GPT-2 adapter (one pair on ``c_attn``) is split into the q/v pairs of a split model.
+    Unlike ``init_adapter`` (:func:`load_adapter_weights`, LoRA factors only, for
+    starting a new task), this restores a trained model as it was.
+
+    Args:
+        model: The peft model of a task module, built with the same LoRA settings as the adapter's.
+        directory: A ``save_pretrained`` folder (``adapter_config.json`` + adapter weights).
+
+    Returns:
+        The names of the loaded trainable parameters.
+
+    Raises:
+        ValueError: not an adapter folder; LoRA settings that differ from the model's; an adapter that
+            lacks some trainable parameter of the model or holds tensors the model has no place for.
+    """
+    from peft import PeftConfig, PeftModel
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    from lit_bar.qkv import saved_scale, split_qkv_modules, unfuse_qkv
+
+    folder = Path(directory).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise ValueError(
+            f"adapter_path {str(folder)!r} is not a peft adapter folder (no adapter_config.json)"
+        )
+    if not isinstance(model, PeftModel):
+        raise ValueError("adapter_path needs LoRA (lora: null finetunes the whole model)")
+    saved = PeftConfig.from_pretrained(str(folder))
+    weights = load_peft_weights(str(folder), device="cpu")
+    split = split_qkv_modules(model)
+    for prefix, parts in split.items():
+        if f"{prefix}.lora_A.weight" in weights:
+            weights = unfuse_qkv(weights, prefix, parts, saved_scale(saved, prefix))
+    _check_same_settings(model.peft_config["default"], saved, fused=bool(split), where=str(folder))
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as err:
+        raise ValueError(f"adapter {str(folder)!r} does not fit this model: {err}") from err
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lacking = sorted(trainable & set(result.missing_keys))
+    if result.unexpected_keys or lacking:
+        raise ValueError(
+            f"adapter {str(folder)!r} does not match this model: tensors without a place "
+            f"{list(result.unexpected_keys)[:5]}, trainable parameters it lacks {lacking[:5]}"
+        )
+    return sorted(trainable)
+
+
+def _check_same_settings(current: Any, saved: Any, fused: bool, where: str) -> None:
+    """Refuse an adapter trained with other LoRA settings (same shapes, other alpha: silently wrong)."""
+    fields = ["use_dora", "use_rslora"] if fused else ["r", "lora_alpha", "use_dora", "use_rslora"]
+    differ = {
+        f: (getattr(saved, f), getattr(current, f))
+        for f in fields
+        if getattr(saved, f) != getattr(current, f)
+    }
+    if not fused:
+        for f in ("target_modules", "modules_to_save"):
+            mine, theirs = set(getattr(current, f) or []), set(getattr(saved, f) or [])
+            if mine != theirs:
+                differ[f] = (sorted(theirs), sorted(mine))
+    if differ:
+        listed = ", ".join(f"{k}: adapter {a!r}, model {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"adapter {where!r} was trained with other LoRA settings ({listed}); pass the same lora"
+        )

@@ -14,17 +14,12 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from lit_bar.export import (
-    UNSAVED_HPARAMS,
-    as_lora_settings,
-    classification_rows,
-    plain_hparams,
-)
 from lit_bar.hub import resolve_pretrained
 from lit_bar.tasks.base import LoRATask
+from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.glue import MODEL_INPUTS
-from lit_bar.tasks.lora import LoraSettings, apply_lora
-from lit_bar.tasks.metrics import build_metrics
+from lit_bar.tasks.lora import LoraSettings, apply_lora, as_lora_settings
+from lit_bar.tasks.metrics import build_metrics, classification_rows
 
 __all__ = ["PromptMLMClassifier"]
 

@@ -1,9 +1,12 @@
-"""GPT-2's q/k/v LoRA pairs fused into one stock ``c_attn`` adapter, and split again (exactly).
+"""GPT-2's fused q/k/v projection split into three modules for training, and fused back for export.
 
-GPT-2's fused ``c_attn`` is split into ``q_proj``/``k_proj``/``v_proj`` for training
-(:class:`lit_bar.tasks.generation.FusedQKVSplit`), so that q and v get separate LoRA pairs. A stock
-GPT-2 adapter puts one LoRA pair on ``c_attn``; :func:`fuse_qkv` and :func:`fused_config` turn the
-pairs into it::
+GPT-2 computes q, k and v with one ``Conv1D`` (``attn.c_attn``, d → 3d); LoRA on it would be one
+(A, B) pair whose update spans q, k *and* v. :func:`split_fused_qkv` replaces every ``c_attn`` by
+:class:`FusedQKVSplit` (three ``nn.Linear`` ``q_proj``/``k_proj``/``v_proj`` with the same weights,
+whose concatenated output equals ``c_attn``'s), so LoRA can target q and v as separate pairs (the
+training side, :class:`lit_bar.tasks.generation.DataToTextGenerator`). A stock GPT-2 adapter puts
+one LoRA pair on ``c_attn``; :func:`fuse_qkv` and :func:`fused_config` turn the split pairs into it
+(the export side, :mod:`lit_bar.export`)::
 
     c_attn(x) = x W + b + s' B' A' x,   A' = [A_q; A_v]  (2r × d),   B' = ⎡B_q·s_q/s'   0      ⎤  (3d × 2r)
                                                                          ⎢  0         0      ⎥  ← k rows
@@ -14,6 +17,8 @@ with rank r' = 2r and lora_alpha chosen so that s' = s_q (alpha' = s_q · r', or
 rsLoRA): the factors s_i/s' are 1 and the fused update is the split one. :func:`unfuse_qkv` takes a
 stock adapter back apart (refusing one whose update is not block-diagonal over the adapted parts),
 and :func:`refuse_qkv` puts a stock ``Conv1D`` back in place of each split module (merged export).
+
+One module for both directions, below the task modules and the artifact layer (which both import it).
 """
 
 from __future__ import annotations
@@ -24,18 +29,59 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
+from typing_extensions import override
 
-__all__ = ["fuse_qkv", "fused_config", "refuse_qkv", "saved_scale", "split_qkv_modules", "unfuse_qkv"]
+__all__ = [
+    "FusedQKVSplit",
+    "fuse_qkv",
+    "fused_config",
+    "refuse_qkv",
+    "saved_scale",
+    "split_fused_qkv",
+    "split_qkv_modules",
+    "unfuse_qkv",
+]
 
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
+class FusedQKVSplit(nn.Module):
+    """A fused q/k/v projection (``Conv1D`` d → 3d) as three ``nn.Linear``; same output, separate modules.
+
+    Args:
+        fused: GPT-2's ``c_attn``: ``weight`` (d_in, 3·d), ``bias`` (3·d); y = x W + b.
+    """
+
+    def __init__(self, fused: Conv1D) -> None:
+        super().__init__()
+        d_in, d_out = fused.weight.shape[0], fused.weight.shape[1] // 3
+        kwargs = {"device": fused.weight.device, "dtype": fused.weight.dtype}
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d_in, d_out, **kwargs) for _ in range(3))
+        with torch.no_grad():
+            for i, linear in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                linear.weight.copy_(fused.weight[:, i * d_out : (i + 1) * d_out].T)
+                linear.bias.copy_(fused.bias[i * d_out : (i + 1) * d_out])
+
+    @override
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)], dim=-1)
+
+
+def split_fused_qkv(model: nn.Module, name: str = "c_attn") -> int:
+    """Replace each fused ``Conv1D`` named ``name`` by a :class:`FusedQKVSplit`; return how many."""
+    targets = [(parent, child) for parent in model.modules() for child, _ in parent.named_children()]
+    count = 0
+    for parent, child in targets:
+        module = getattr(parent, child)
+        if child == name and isinstance(module, Conv1D) and module.weight.shape[1] % 3 == 0:
+            setattr(parent, child, FusedQKVSplit(module))
+            count += 1
+    return count
+
+
 def refuse_qkv(model: nn.Module) -> None:
     """Replace every split q/k/v module by a stock ``Conv1D`` holding the same (merged) weights."""
-    from transformers.pytorch_utils import Conv1D
-
-    from lit_bar.tasks.generation import FusedQKVSplit
-
     for parent in list(model.modules()):
         for child, module in list(parent.named_children()):
             if isinstance(module, FusedQKVSplit):
@@ -50,8 +96,6 @@ def refuse_qkv(model: nn.Module) -> None:
 
 def split_qkv_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{c_attn name in the peft state dict: {part: its LoRA layer or None}}`` for adapted split modules."""
-    from lit_bar.tasks.generation import FusedQKVSplit
-
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, FusedQKVSplit):
