@@ -52,6 +52,8 @@ class BiLoRACallback(Callback):
         log_norm: On logging steps log ``bilora/perturbation_norm`` (c before clipping).
     """
 
+    perturbs_merged_weight = True  # refuse_combinations: one successor per run
+
     def __init__(
         self,
         rho: float = 0.05,

@@ -30,16 +30,18 @@ __all__ = ["FlatLoRACallback", "refuse_combinations"]
 
 
 def refuse_combinations(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: str) -> None:
-    """Refuse SAM (ρ > 0) and the other successor next to Flat-LoRA / Bi-LoRA, with one-line errors."""
-    from lit_bar.callbacks.bilora import BiLoRACallback
+    """Refuse SAM (ρ > 0) and the other successor next to Flat-LoRA / Bi-LoRA, with one-line errors.
 
+    The successors are told by their class attribute ``perturbs_merged_weight`` (no import of
+    :mod:`lit_bar.callbacks.bilora` here: that module imports this one).
+    """
     rho = getattr(pl_module, "rho", 0.0)
     if rho:
         raise ValueError(
             f"{owner} replaces SAM's ascent pass, but {type(pl_module).__name__} has rho={rho!r} (SAM); "
             "use rho=0 (configs/method/flatlora.yaml and bilora.yaml set it)"
         )
-    names = {type(c).__name__ for c in trainer.callbacks if isinstance(c, FlatLoRACallback | BiLoRACallback)}
+    names = {type(c).__name__ for c in trainer.callbacks if getattr(c, "perturbs_merged_weight", False)}
     if len(names) > 1:
         raise ValueError(
             "FlatLoRACallback and BiLoRACallback together: both perturb the merged weight for flatness and "
@@ -58,6 +60,8 @@ class FlatLoRACallback(Callback):
         restore: ``"regenerate"`` (subtract ε drawn again, the paper's) or ``"copy"`` (an exact copy of
             the base weights per step; needed for bfloat16/float16 base weights).
     """
+
+    perturbs_merged_weight = True  # refuse_combinations: one successor per run
 
     def __init__(
         self,
