@@ -269,3 +269,16 @@ def test_bilora_refuses_bad_arguments():
         BiLoRA(lora_net(), rank=0)
     with pytest.raises(ValueError, match="DoRA"):
         BiLoRA(lora_net(use_dora=True))
+
+
+def test_the_pure_torch_pieces_import_no_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lit_bar.methods; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
