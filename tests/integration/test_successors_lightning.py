@@ -365,3 +365,26 @@ def test_no_host_sync_charged_to_lit_bar_in_successor_steps(successor):
             log_every_n_steps=1000)  # fmt: skip
     assert not counter.charged_to("lit_bar"), counter.report()
     assert not counter.charged_to("lit_bar", "host_copy"), counter.report()
+
+
+def test_bilora_auxiliary_step_is_skipped_when_the_fp16_scaler_skips():
+    """Scale 65536 overflows the first step (target shifted by 3, as in the nBAR test): the GradScaler
+    skips the primary's step, and the auxiliary ascent is skipped with it (B₂ stays 0); later steps move."""
+
+    class FirstStep(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 0:
+                self.aux_b = [b.detach().clone() for b in bi.bilora.b]
+                self.primary = factors(pl_module.net)
+                self.scale = trainer.precision_plugin.scaler.get_scale()
+
+    x, y = make_data(ROWS, dtype=torch.float32, target=3.0)
+    net = lora_net(torch.float32)
+    start = factors(net)
+    bi, first = BiLoRACallback(rho=0.05, aux_lr=0.1), FirstStep()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    fit(TinyPlain(net, sgd(LR)), loader(x, y, BATCH), callbacks=[bi, first], plugins=[plugin])
+    assert first.scale == 32768.0  # the first step overflowed and was skipped
+    assert max_diff(first.primary, start) == 0.0
+    assert all(b.abs().max() == 0 for b in first.aux_b)  # the ascent was skipped too
+    assert all(torch.isfinite(b).all() and b.abs().max() > 0 for b in bi.bilora.b)  # later steps ascended
