@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BalancednessTrainerCallback", "BiLoRATrainerCallback", "FlatLoRATrainerCallback", "SAMTrainer"]
+__all__ = [
+    "BalancednessTrainerCallback",
+    "BiLoRATrainerCallback",
+    "FlatLoRATrainerCallback",
+    "SAMTrainer",
+    "run_first",
+]
 
 _LAZY = {
     "BalancednessTrainerCallback": "lit_bar.hf.callback",
     "BiLoRATrainerCallback": "lit_bar.hf.successors",
     "FlatLoRATrainerCallback": "lit_bar.hf.successors",
     "SAMTrainer": "lit_bar.hf.trainer",
+    "run_first": "lit_bar.hf.callback",
 }
 
 

@@ -19,20 +19,22 @@ through a 0/1 tensor (no host sync): the Trainer itself only knows after ``optim
 
 Logging: ``Trainer(callbacks=[...])`` puts user callbacks *after* the reporting integrations
 (TensorBoard, W&B, ...), and ``Trainer.log`` appends a copy of the logs to ``state.log_history``
-before calling ``on_log``. So at ``on_train_begin`` this callback moves itself to the front of the
-callback list, and in ``on_log`` it adds its values to the logs every later callback (the
-integrations, the progress printer) receives, and to the ``log_history`` entry just written.
+before calling ``on_log``. In ``on_log`` this callback adds its values to the logs every *later*
+callback receives, and to the ``log_history`` entry just written. So it has to run first:
+:func:`run_first` puts it there through the Trainer's own ``pop_callback``/``add_callback``;
+:class:`lit_bar.hf.SAMTrainer` does that for every callback marked ``runs_first`` (this one), at
+construction and in its ``add_callback``. With a plain ``Trainer`` call ``run_first(trainer)`` once
+after building it; without it, integrations listed before the callback do not see ``bar/*`` (a
+warning at ``on_train_begin`` says so when ``report_to`` names any).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 from typing_extensions import override
@@ -40,7 +42,7 @@ from typing_extensions import override
 from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
 from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
 
-__all__ = ["BalancednessTrainerCallback"]
+__all__ = ["BalancednessTrainerCallback", "run_first"]
 
 logger = logging.get_logger(__name__)
 
@@ -52,6 +54,7 @@ class BalancednessTrainerCallback(TrainerCallback):
 
         trainer = Trainer(model=peft_model, args=args, train_dataset=train,
                           callbacks=[BalancednessTrainerCallback(mode="nbar", mu=1.0)])
+        run_first(trainer)  # ahead of the reporting integrations (SAMTrainer does this itself)
 
     Args:
         mode: ``"nbar"`` (Alg. 2: sign from ‖g_x‖ vs ‖g_y‖, the LoRA default) or ``"obar"`` (Alg. 3).
@@ -67,6 +70,9 @@ class BalancednessTrainerCallback(TrainerCallback):
     ``bar/pairs_plus`` and ``bar/pairs_minus`` (pairs with s = +1 / −1 at the last step).
     """
 
+    #: :class:`lit_bar.hf.SAMTrainer` puts callbacks with this mark first (:func:`run_first`).
+    runs_first = True
+
     def __init__(
         self,
         mode: str = "nbar",
@@ -81,6 +87,7 @@ class BalancednessTrainerCallback(TrainerCallback):
         self.pair_spec = list(pairs) if pairs is not None else None
         self.bar: BAR | None = None
         self._last: tuple[BarStep, torch.Tensor | None] | None = None
+        self.placed_first = False  # set by run_first
 
     @override
     def on_train_begin(
@@ -90,7 +97,12 @@ class BalancednessTrainerCallback(TrainerCallback):
         pairs = resolve_pairs(model, self.pair_spec, "BalancednessTrainerCallback")
         total = self.total_steps or (state.max_steps if state.max_steps > 0 else None)
         self.bar = BAR(pairs, self.mode, self.mu, self.schedule, total)
-        _move_to_front(self)
+        if not self.placed_first and [r for r in (args.report_to or []) if r != "none"]:
+            logger.warning(
+                f"BalancednessTrainerCallback is not first among the Trainer's callbacks: the reporting "
+                f"integrations {list(args.report_to)} will not see bar/* (state.log_history gets them); call "
+                "lit_bar.hf.run_first(trainer) after building the Trainer, or use lit_bar.hf.SAMTrainer"
+            )
         logger.info(f"BalancednessTrainerCallback: {self.mode} on {len(pairs)} pairs, mu={self.mu}")
 
     @override
@@ -152,21 +164,39 @@ def will_log(args: TrainingArguments, state: TrainerState) -> bool:
     return step % max(int(state.logging_steps), 1) == 0
 
 
-def _move_to_front(callback: TrainerCallback) -> None:
-    """Run ``callback`` first in its ``CallbackHandler``, so its ``on_log`` values reach the integrations.
+def run_first(
+    trainer: Trainer, callback: TrainerCallback | type[TrainerCallback] = BalancednessTrainerCallback
+) -> TrainerCallback:
+    """Make ``callback`` the first of ``trainer``'s callbacks; the others keep their order behind it.
 
-    The handler is the caller of the event (``CallbackHandler.call_event``); moving an element to the
-    front while the handler iterates the list neither repeats nor skips a callback.
+    Uses only the Trainer's public ``pop_callback`` / ``add_callback``: every other callback is popped
+    and added back, in its order. Call it after building the Trainer and before ``train()``.
+
+    Args:
+        trainer: A ``transformers.Trainer``.
+        callback: A callback instance (added first if the Trainer does not have it yet), or a callback
+            class: the Trainer's instance of it.
+
+    Returns:
+        The callback now first.
+
+    Raises:
+        ValueError: ``callback`` is a class of which the Trainer has no instance.
     """
-    frame = sys._getframe(1)
-    while frame is not None and not isinstance(frame.f_locals.get("self"), CallbackHandler):
-        frame = frame.f_back
-    if frame is None:
-        logger.warning(
-            "BalancednessTrainerCallback could not find its CallbackHandler: reporting integrations that "
-            "run before it will not see the bar/* values (state.log_history still gets them)"
-        )
-        return
-    handler = frame.f_locals["self"]
-    handler.callbacks.remove(callback)
-    handler.callbacks.insert(0, callback)
+    present = list(trainer.callback_handler.callbacks)
+    if isinstance(callback, type):
+        found = next((c for c in present if isinstance(c, callback)), None)
+        if found is None:
+            names = [type(c).__name__ for c in present]
+            raise ValueError(f"run_first: the Trainer has no {callback.__name__} among its callbacks {names}")
+        callback = found
+    elif not any(c is callback for c in present):
+        Trainer.add_callback(trainer, callback)  # the base method: no subclass re-ordering hook
+        present.append(callback)
+    for other in present:
+        if other is not callback:
+            trainer.pop_callback(other)
+            Trainer.add_callback(trainer, other)
+    if hasattr(callback, "placed_first"):
+        callback.placed_first = True
+    return callback

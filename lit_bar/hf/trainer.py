@@ -46,7 +46,7 @@ from transformers import Trainer
 from typing_extensions import override
 
 from lit_bar.engine import SAMEngine
-from lit_bar.hf.callback import will_log
+from lit_bar.hf.callback import run_first, will_log
 from lit_bar.step_utils import frozen_batchnorm, rng_state, set_rng_state
 
 __all__ = ["SAMTrainer"]
@@ -96,6 +96,18 @@ class SAMTrainer(Trainer):
         self._sam_stats: dict[str, torch.Tensor] = {}
         self._counts_items: bool | None = None  # whether compute_loss divides by num_items_in_batch
         self._check_supported()
+        for callback in reversed(
+            [c for c in self.callback_handler.callbacks if getattr(c, "runs_first", False)]
+        ):
+            run_first(self, callback)  # BalancednessTrainerCallback ahead of the reporting integrations
+
+    @override
+    def add_callback(self, callback: Any) -> None:
+        """``Trainer.add_callback``; one marked ``runs_first`` (BAR's) goes first (:func:`run_first`)."""
+        super().add_callback(callback)
+        added = self.callback_handler.callbacks[-1]
+        if getattr(added, "runs_first", False):
+            run_first(self, added)
 
     def _check_supported(self) -> None:
         """Refuse the setups the step does not handle, naming what to use instead."""

@@ -157,6 +157,8 @@ class LoraRegressor(nn.Module):
 def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4, **extra):
     from transformers import Trainer, TrainingArguments
 
+    from lit_bar.hf import run_first
+
     class OrderedTrainer(Trainer):  # the hand loop's order, not a random one
         def _get_train_sampler(self, train_dataset=None):
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
@@ -172,6 +174,9 @@ def _hf_train(net: nn.Module, x, y, callbacks, tmp_path, accumulation=2, batch=4
     trainer = OrderedTrainer(
         model=model, args=args, train_dataset=Rows(x, y), callbacks=callbacks, optimizers=(optimizer, None)
     )
+    for callback in callbacks:
+        if getattr(callback, "runs_first", False):  # the README recipe: BAR ahead of the reporters
+            run_first(trainer, callback)
     trainer.train()
     return trainer
 
