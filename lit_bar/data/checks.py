@@ -66,6 +66,16 @@ def _class_id(value: Any) -> int | None:
     return None
 
 
+def _culprit(values: list[Any], first: int) -> tuple[int, Any]:
+    """The row to name when row ``first`` is not a class id: in a column read as text (a CSV column
+    with one word in it holds ``'0'``, ``'1'``, ...), the first value that is not a number at all."""
+    if isinstance(values[first], str):
+        for i in range(first, len(values)):
+            if not (isinstance(values[i], str) and values[i].strip().lstrip("-").isdigit()):
+                return i, values[i]
+    return first, values[first]
+
+
 def check_class_ids(
     values: Iterable[Any], num_classes: int | None, source: SplitSource, column: str, hint: str = ""
 ) -> None:
@@ -80,10 +90,12 @@ def check_class_ids(
         hint: Appended to the out-of-range message.
     """
     allowed = f"integer class ids 0..{num_classes - 1}" if num_classes else "integer class ids"
+    values = list(values)
     outside: dict[int, int] = {}
     for i, value in enumerate(values):
         label = _class_id(value)
         if label is None:
+            i, value = _culprit(values, i)
             kind = "null" if value is None else type(value).__name__
             raise ValueError(
                 f"{source} has a label that is not a class id in column {column!r} at {source.row(i)}: "
