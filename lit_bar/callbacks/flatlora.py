@@ -53,8 +53,9 @@ class FlatLoRACallback(Callback):
     """Flat-LoRA (Li et al., ICML 2025): noise N(0, σ_t²/n·‖W'_i‖²) on each LoRA base weight.
 
     Args:
-        rho: σ_T ≥ 0, the final noise strength (the reference code's ``rho``; 0.05 in its README).
-        schedule: σ's ramp from 0: ``"linear"``, ``"cosine"`` or ``"constant"`` (no ramp).
+        rho: σ ≥ 0, the final noise strength (paper: 0.05 for T5/Llama 2, 0.15 for CLIP ViT).
+        schedule: σ's ramp from 0: ``"cosine"`` (the paper's cosine-increasing), ``"linear"`` or
+            ``"constant"`` (no ramp).
         total_steps: T of the ramp; ``None`` takes the run's optimizer steps.
         seed: The noise seed (step t, layer l draw from (seed, t, l): the same on every process).
         restore: ``"regenerate"`` (subtract ε drawn again, the paper's) or ``"copy"`` (an exact copy of
@@ -66,7 +67,7 @@ class FlatLoRACallback(Callback):
     def __init__(
         self,
         rho: float = 0.05,
-        schedule: str = "linear",
+        schedule: str = "cosine",
         total_steps: int | None = None,
         seed: int = 0,
         restore: str = "regenerate",

@@ -51,8 +51,8 @@ class FlatLoRATrainerCallback(TrainerCallback):
                           callbacks=[FlatLoRATrainerCallback(rho=0.05)])
 
     Args:
-        rho: σ_T ≥ 0, the final noise strength.
-        schedule: ``"linear"``, ``"cosine"`` or ``"constant"`` ramp from 0 (see ``flat_sigma``).
+        rho: σ ≥ 0, the final noise strength (paper: 0.05 for T5/Llama 2, 0.15 for CLIP ViT).
+        schedule: ``"cosine"`` (the paper's), ``"linear"`` or ``"constant"`` ramp from 0 (``flat_sigma``).
         total_steps: T of the ramp; ``None`` takes ``state.max_steps``.
         seed: The noise seed.
         restore: ``"regenerate"`` (the paper's) or ``"copy"`` (bfloat16/float16 base weights).
@@ -61,7 +61,7 @@ class FlatLoRATrainerCallback(TrainerCallback):
     def __init__(
         self,
         rho: float = 0.05,
-        schedule: str = "linear",
+        schedule: str = "cosine",
         total_steps: int | None = None,
         seed: int = 0,
         restore: str = "regenerate",

@@ -1,34 +1,34 @@
-"""Bi-LoRA (Liu, Li, Huang, Yang, Huang; ICLR 2026, arXiv:2508.19564). Pure torch.
+"""Bi-LoRA (Liu, Li, Huang, Yang, Huang; ICLR 2026, arXiv:2508.19564v2). Pure torch.
 
 Bi-LoRA gives every LoRA layer a second, *auxiliary* low-rank pair (B₂, A₂) that carries SAM's
 adversarial weight perturbation, so that perturbing and descending happen in one backward::
 
-    W = W₀ + s·B₁A₁ + B₂A₂                                            (paper Sec. 4)
-    min_{A₁,B₁}  max_{‖B₂A₂‖ ≤ ρ}  L(W₀ + s·B₁A₁ + B₂A₂)                  (the Bi-LoRA objective)
-    B₁ ← B₁ − η₁ ∇_{B₁}L,  A₁ ← A₁ − η₁ ∇_{A₁}L                          primary: descent
-    B₂ ← B₂ + η₂ ∇_{B₂}L,  A₂ ← A₂ + η₂ ∇_{A₂}L                          auxiliary: ascent
-    c = √(Σ_j ‖B₂⁽ʲ⁾A₂⁽ʲ⁾‖²_F);  if c > ρ: B₂, A₂ ← √(ρ/c)·B₂, √(ρ/c)·A₂  global clipping
+    W = W₀ + B₁A₁ + B₂A₂                                                                 (Eq. 7)
+    min_{B₁,A₁}  max_{‖B₂A₂‖_F ≤ ρ}  L(W₀ + B₁A₁ + B₂A₂)                                   (Eq. 8)
+    B₁ ← B₁ − η₁(∇_W L)A₁ᵀ,   A₁ ← A₁ − η₁B₁ᵀ(∇_W L)          primary: descent            (Eq. 9)
+    B₂ ← B₂ + η₂(∇_W L)A₂ᵀ,   A₂ ← A₂ + η₂B₂ᵀ(∇_W L)          auxiliary: ascent           (Eq. 9)
+    c = √(Σ_j ‖B₂⁽ʲ⁾A₂⁽ʲ⁾‖²_F);  if c > ρ: B₂⁽ⁱ⁾, A₂⁽ⁱ⁾ ← √(ρ/c)·B₂⁽ⁱ⁾, √(ρ/c)·A₂⁽ⁱ⁾   (Eq. 10)
 
-with both gradients taken at the same W in the same backward (∇_{B₂}L = (∇_W L)A₂ᵀ, ∇_{A₂}L =
-B₂ᵀ(∇_W L)). The norm in the constraint is that of the whole perturbation over all N layers, and
-the clipping scales both factors by √(ρ/c) so that their product, the perturbation, lands on the
-ρ-sphere (the paper's ablation: global clipping beats per-layer clipping and no clipping). After
-training the auxiliary pair is dropped: inference and the exported adapter are W₀ + s·B₁A₁.
+with ∇_W L taken at W₀ + B₁A₁ + B₂A₂, i.e. both updates from the same backward (Alg. 1, lines 7-8:
+descent and ascent, then clipping after each update; line 11: the auxiliary modules are removed,
+so inference and the exported adapter are W₀ + B₁A₁). Here B₁A₁ is peft's s·B₁A₁. The clipping is
+global over the N layers (the paper's ablation, Table 5: global beats per-layer and no clipping).
+The paper uses η₂ = η₁ ("we simply set η₂ = η₁", Sec. 4.6; App. Q), auxiliary rank r₂ = 8 with
+primary rank 8 (4 with 4 for SDXL), and ρ = 0.05 (GLUE, Llama) or 0.1 (SuperGLUE, Qwen), App. R.
 
-Where this module could read only secondary sources. The paper and the reference code
-(CrazyElements/Bi-LoRA) are not stored here; the objective, the two update rules and the global
-clipping rule above come from the paper's abstract and a published summary of its method section
-(papernotes.org, ICLR 2026). Not stated there, and chosen here: (B₂, A₂) start like peft's LoRA
-(A₂ Kaiming-uniform, B₂ = 0, so the first perturbation is 0); the auxiliary path has no dropout and
-no scaling (its product *is* the perturbation, as in the objective); its rank defaults to the
-primary's. The summary reports η₂ = 3e-4 "matching the main learning rate" with an Adam-type main
-optimizer, so :class:`lit_bar.callbacks.BiLoRACallback` steps the auxiliary pair with AdamW in
-``maximize`` mode by default (plain ascent SGD, the equation above, is the other choice).
+Sources: the paper's text (arXiv HTML v2, read in a stored copy); the reference code
+(CrazyElements/Bi-LoRA) is not stored here. Not stated in the paper, and chosen here: (B₂, A₂)
+start like peft's LoRA (A₂ Kaiming-uniform, B₂ = 0, so the first perturbation is 0); the auxiliary
+path has no dropout and no scaling (its product *is* the perturbation, as in Eq. 7); the rank
+defaults to the primary's. Eq. 9 is written as plain gradient steps while the experiments train
+with their baselines' recipes (lr 5e-4, cosine schedule) and do not name the auxiliary optimizer,
+so :class:`lit_bar.callbacks.BiLoRACallback` offers AdamW in ``maximize`` mode (default) and plain
+SGD ascent (Eq. 9 literally).
 
 Line by line: :meth:`BiLoRA._forward_hook` adds x·A₂ᵀB₂ᵀ to each LoRA layer's output in training
-mode (the B₂A₂ term of W; nothing in eval mode); the ascent is the optimizer's ``maximize=True``
-(or :meth:`BiLoRA.ascent_step` for plain SGD); :meth:`BiLoRA.project_` is the global clipping,
-with ‖B₂A₂‖²_F computed as ⟨B₂ᵀB₂, A₂A₂ᵀ⟩ (r × r products, no out × in matrix) and no host sync.
+mode (the B₂A₂ term of Eq. 7; nothing in eval mode: Alg. 1 line 11); the ascent of Eq. 9 is the
+optimizer's ``maximize=True`` (or :meth:`BiLoRA.ascent_step`, plain SGD); :meth:`BiLoRA.project_` is
+Eq. 10, with ‖B₂A₂‖²_F computed as ⟨B₂ᵀB₂, A₂A₂ᵀ⟩ (r × r products, no out × in matrix), no host sync.
 
 The auxiliary tensors are not registered in the model: they are not in its ``state_dict``, not in
 the base optimizer, not in the peft adapter and not seen by BAR's pair search; their owner
@@ -65,7 +65,7 @@ class BiLoRA:
 
     Args:
         model: Its peft LoRA layers get a pair each (:func:`lit_bar.methods.flatlora.lora_layers`).
-        rho: ρ > 0, the radius of the perturbation ‖(B₂⁽ʲ⁾A₂⁽ʲ⁾)_j‖_F.
+        rho: ρ > 0, the radius of the perturbation ‖(B₂⁽ʲ⁾A₂⁽ʲ⁾)_j‖_F (paper: 0.05 or 0.1).
         rank: r₂, the auxiliary rank; ``None`` takes each layer's primary rank.
         seed: Seeds A₂'s initialisation (the same on every process).
     """

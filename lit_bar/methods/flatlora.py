@@ -1,45 +1,47 @@
-"""Flat-LoRA (Li, He, Li, Wang, Shang, Huang; ICML 2025, arXiv:2409.14396). Pure torch.
+"""Flat-LoRA (Li, He, Li, Wang, Shang, Huang; ICML 2025, arXiv:2409.14396v2). Pure torch.
 
-Flat-LoRA looks for a low-rank adaptation that is flat in the *full* parameter space, with the
-Bayesian expected loss instead of SAM's worst case (so one forward/backward per step)::
+Flat-LoRA looks for a low-rank adaptation that is flat in the *full* parameter space, relaxing the
+full-space SAM objective (Eq. 5) to a Bayesian expected loss (so one forward/backward per step)::
 
-    min_{A,B}  E_{ε_W} L(W + s·BA + ε_W)                                     (paper, Eq. 5-6)
+    min_{A,B}  max_{‖ε_W‖_F ≤ ρ}  L(W + BA + ε_W)                                    (Eq. 5)
+    min_{A,B}  E_{ε_W} L(W + BA + ε_W)                                                (Eq. 6)
+    (ε_W)_{i,j} ~ N(0, σ²/n · ‖W'_{i,:}‖²₂),   W' = W + BA,   n = input dimension      (Eq. 7)
 
-    (ε_W)_{i,j} ~ N(0, σ²/n · ‖W'_{i,:}‖²),   W' = W + s·BA  (the merged weight),   n = in-features
+The paper omits LoRA's scaling s = α/r ("it can be merged into A and B", Sec. 3.1); here the merged
+weight is peft's W + s·BA. One ε_W is drawn per optimization step ("we sample a noise matrix ε_W
+for each optimization step", Sec. 3.2), per filter (output row i) with a std proportional to that
+row's norm, and with the 1/n that makes the added output variance (a factor 1 + σ², Eq. 9,
+Prop. 3.2) independent of the input width. Only the generator's seed and the m filter norms are
+kept, and ε_W is reconstructed from them "when needed" (Sec. 3.3, "Storing random seed for memory
+efficiency"): here, to take it off after the step. The paper recommends "gradually increasing the
+perturbation strength" (Sec. 3.2) and runs "σ = 0.05 with a cosine-increasing strategy" (Sec. 4.1,
+T5 GLUE; Sec. 4.3, Llama 2; 0.15 for CLIP ViT-B/32 in Sec. 4.2; App. D suggests σ = 0.05 or 0.10).
+It does not print the strategy's formula; ``"cosine"`` (the default) is σ_t = σ·(1 − cos πt/T)/2,
+the usual cosine-increasing ramp of random weight perturbation, which re-implementations of the
+reference code (nblt/Flat-LoRA, not stored here: only its README, ``++rho=0.05``) also use;
+``"linear"`` (σ·t/T) and ``"constant"`` are offered too. σ is this module's ``rho``.
 
-one draw of ε_W per optimizer step, on the frozen base weight W of every LoRA layer (a "filter" is
-an output row: rows with a larger norm get a larger perturbation, and the 1/n keeps the variance
-it adds to a layer's output independent of the input width; paper Sec. 3.2, Prop. 3.2). The noise
-is not stored: only the generator's seed and the m row scales σ/√n·‖W'_{i,:}‖ are kept, and ε_W is
-drawn again from that seed to take it off after the step (paper Sec. 3.3, "memory via random
-seeds"). σ is ramped up over training rather than applied from the first step (paper Sec. 3.3);
-σ_T, the final value, is the reference code's ``rho`` (``++rho=0.05`` in nblt/Flat-LoRA's README).
+Sources: the paper's text (arXiv HTML v2, read in a stored copy); the reference code could not be
+read. Line by line, :meth:`FlatLoRA.perturb` implements::
 
-Where this module could read only secondary sources. The paper itself and the reference code are
-not stored here; the equations above come from the paper's abstract and two published summaries of
-its method section (papernotes.org's ICML 2025 note, both languages), and the hyperparameter name
-from the reference repository's README. The summaries say the strength "grows gradually from 0 to
-the target value"; the exact shape of that ramp could not be read, so the shape is an argument:
-``"linear"`` (σ_t = σ·t/T, the default, as the summary states), ``"cosine"`` (σ_t = σ·(1 − cos πt/T)/2)
-or ``"constant"``.
+    σ_t        = flat_sigma(ρ, t, T, schedule)                 cosine-increasing σ (Sec. 3.2, 4.1)
+    scale_i    = σ_t / √n · ‖(W + s·BA)_{i,:}‖₂               per-filter std (Eq. 7)   row_scales()
+    ε          = scale[:, None] · randn(m, n; seed(t, layer))    one draw per step        noise()
+    W          ← W + ε                                         before the window's first micro-batch
 
-Line by line, :meth:`FlatLoRA.perturb` implements::
-
-    σ_t        = flat_sigma(ρ, t, T, schedule)                       ramp (Sec. 3.3)
-    scale_i    = σ_t / √n · ‖(W + s·BA)_{i,:}‖₂                     per-row std (Eq. 7)
-    ε          = scale[:, None] · randn(m, n; seed(t, layer))          one draw per step and layer
-    W          ← W + ε                                               in place, before the first micro-batch
-
-and :meth:`FlatLoRA.restore` draws the same ε from the same seed and the saved scales and subtracts
-it after the optimizer step. Every micro-batch of an accumulation window sees the same ε (it stays
-on W for the whole window), and every process draws the same ε (the seed is a function of the run's
-seed, the step and the layer's index only), so DDP ranks stay identical without communication.
+and :meth:`FlatLoRA.restore` draws the same ε from the same seed and the saved m scales (Sec. 3.3)
+and subtracts it after the optimizer step. Every micro-batch of an accumulation window sees the
+same ε (it stays on W for the whole window), and every process draws the same ε (the seed is a
+function of the run's seed, the step and the layer's index only), so DDP ranks stay identical
+without communication.
 
 Exactness of the restore: ``(W + ε) − ε`` is W up to one rounding of W's dtype per step (≤ ½ ulp).
 In float32/float64 that is far below anything training resolves; with a bfloat16/float16 base
 weight the rounding (2⁻⁹ relative) would accumulate over a run, so :class:`FlatLoRA` refuses such
 weights unless ``restore="copy"``, which keeps an exact copy of each perturbed weight instead
-(memory of the LoRA layers' base weights, the price the paper's seed trick avoids).
+(memory of the LoRA layers' base weights, the price the paper's seed trick avoids; the paper's
+other route, injecting ε while autocast casts fp32 master weights to half precision, Sec. 3.3, is
+not implemented).
 """
 
 from __future__ import annotations
@@ -55,16 +57,16 @@ from torch import nn
 
 __all__ = ["FLAT_SCHEDULES", "RESTORES", "FlatLoRA", "LoraLayerView", "flat_sigma", "lora_layers"]
 
-FLAT_SCHEDULES = ("linear", "cosine", "constant")
+FLAT_SCHEDULES = ("cosine", "linear", "constant")
 RESTORES = ("regenerate", "copy")
 _SEED_MIX = (1_000_003, 9_176_467)  # two odd constants mixing (seed, step, layer) into one seed
 
 
-def flat_sigma(rho: float, step: int, total_steps: int | None, schedule: str = "linear") -> float:
-    """σ_t, the noise strength at optimizer step ``step`` (0-based) of ``total_steps`` (paper Sec. 3.3).
+def flat_sigma(rho: float, step: int, total_steps: int | None, schedule: str = "cosine") -> float:
+    """σ_t, the noise strength at optimizer step ``step`` (0-based) of ``total_steps`` (paper Sec. 3.2, 4.1).
 
-    ``"linear"``: ρ·t/T; ``"cosine"``: ρ·(1 − cos πt/T)/2; ``"constant"``: ρ. Both ramps reach ρ at
-    t = T and stay there (t is clamped to T).
+    ``"cosine"`` (the paper's "cosine-increasing strategy"): ρ·(1 − cos πt/T)/2; ``"linear"``: ρ·t/T;
+    ``"constant"``: ρ. Both ramps start at 0, reach ρ at t = T and stay there (t is clamped to T).
     """
     if schedule == "constant":
         return float(rho)
@@ -185,7 +187,7 @@ class FlatLoRA:
 
     Use it around each optimizer step (plain loop)::
 
-        flat = FlatLoRA(model, rho=0.05, schedule="linear", total_steps=T, seed=0)
+        flat = FlatLoRA(model, rho=0.05, schedule="cosine", total_steps=T, seed=0)
         for t in range(T):
             flat.perturb(t)              # W ← W + ε_t   (before the window's first micro-batch)
             for batch in window:         # every micro-batch sees the same ε_t
@@ -195,8 +197,8 @@ class FlatLoRA:
 
     Args:
         model: Its peft LoRA layers are perturbed (:func:`lora_layers`); or the layers themselves.
-        rho: σ_T ≥ 0, the final noise strength (reference code: ``rho``, e.g. 0.05).
-        schedule: σ's ramp, ``"linear"``, ``"cosine"`` or ``"constant"`` (:func:`flat_sigma`).
+        rho: σ ≥ 0, the final noise strength (paper: 0.05 for T5 and Llama 2, 0.15 for CLIP ViT-B/32).
+        schedule: σ's ramp, ``"cosine"`` (the paper's), ``"linear"`` or ``"constant"`` (:func:`flat_sigma`).
         total_steps: T for the ramps (``None`` for ``"constant"``, or set the attribute later).
         seed: The run's noise seed; step t of layer l draws from a generator seeded by (seed, t, l).
         restore: ``"regenerate"`` (the paper's: subtract ε drawn again; float32/64 base weights) or
@@ -207,7 +209,7 @@ class FlatLoRA:
         self,
         model: nn.Module | Sequence[LoraLayerView],
         rho: float = 0.05,
-        schedule: str = "linear",
+        schedule: str = "cosine",
         total_steps: int | None = None,
         seed: int = 0,
         restore: str = "regenerate",

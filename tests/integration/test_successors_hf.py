@@ -119,7 +119,7 @@ def test_plain_loops_with_the_pure_torch_pieces_equal_the_hand_loops():
     data = make_data(ROWS)
     net = lora_net()
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=LR)
-    flat = FlatLoRA(net, rho=0.5, schedule="linear", total_steps=STEPS)
+    flat = FlatLoRA(net, rho=0.5, schedule="cosine", total_steps=STEPS)
     for step, window in enumerate(windows(data)):
         flat.perturb(step)
         for x, y in window:

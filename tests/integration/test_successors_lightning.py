@@ -3,7 +3,7 @@ optimization modes), resume, bf16-mixed, and the combinations they allow and ref
 
 The references share no code with lit_bar: Flat-LoRA's noise of step t and layer l is the documented
 stream (a CPU generator seeded ((seed·1000003 + t)·9176467 + l) mod (2⁶³ − 1)) scaled per row by
-σ_t/√n‖(W + s·BA)_i‖ (arXiv:2409.14396, Eq. 7), σ_t = ρ·t/T; Bi-LoRA's step is one backward at
+σ_t/√n‖(W + s·BA)_i‖ (arXiv:2409.14396, Eq. 7), σ_t = ρ(1 − cos πt/T)/2; Bi-LoRA's step is one backward at
 W₀ + s·B₁A₁ + B₂A₂, SGD descent on (A₁, B₁), SGD ascent on (A₂, B₂), global clipping to ρ
 (arXiv:2508.19564).
 """
@@ -79,12 +79,13 @@ def hand_noise(seed, step, index, w, a, b, s, sigma):
     return sigma / math.sqrt(w.shape[1]) * torch.linalg.norm(w + s * b @ a, dim=1, keepdim=True) * z
 
 
-def hand_flatlora(data, rho, seed=0, remove=True):
+def hand_flatlora(data, rho, seed=0, remove=True, cosine=True):
     """Flat-LoRA by hand: per step ε on W, k micro-batches of L/k at W + ε, SGD on (A, B), W ← W − ε."""
     net = lora_net()
     lora = [p for p in net.parameters() if p.requires_grad]
     for step, window in enumerate(windows(data)):
-        sigma = rho * step / STEPS  # linear ramp
+        sigma = rho * 0.5 * (1 - math.cos(math.pi * step / STEPS))  # the paper's cosine-increasing σ
+        sigma = sigma if cosine else rho * step / STEPS
         noise = []
         with torch.no_grad():
             for index, m in enumerate(layers(net)):
@@ -110,10 +111,12 @@ def test_flatlora_callback_matches_the_hand_loop_with_accumulation(mode):
     want = hand_flatlora(data, rho=0.5)
     plain = hand_flatlora(data, rho=0.0)  # "no noise": plain LoRA
     kept = hand_flatlora(data, rho=0.5, remove=False)  # "noise not removed"
+    linear = hand_flatlora(data, rho=0.5, cosine=False)  # "a linear ramp instead of the paper's cosine"
+    assert max_diff(factors(linear), factors(want)) > 1e3 * TOL
     assert max_diff(factors(plain), factors(want)) > 1e3 * TOL
     assert max_diff(bases(kept), bases(want)) > 1e3 * TOL
     net = lora_net()
-    flat = FlatLoRACallback(rho=0.5, schedule="linear")
+    flat = FlatLoRACallback(rho=0.5, schedule="cosine")
     if mode == "sam_module":
         module, extra = TinySAM(net, rho=0.0, optimizer=sgd(LR), accumulate_grad_batches=K), {}
     else:
