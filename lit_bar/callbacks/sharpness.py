@@ -54,7 +54,11 @@ class SharpnessMonitor(Callback):
     """Log the worst-case and average sharpness and the top Hessian eigenvalue of the final weights.
 
     Args:
-        num_batches: Training batches measured on (≥ 1; the worst-case spread needs ≥ 2).
+        num_batches: Training batches measured on (≥ 1; the worst-case spread needs ≥ 2). The
+            worst-case sharpness is taken per batch on all of them.
+        pooled_batches: The average sharpness and the top eigenvalue are taken of the mean loss
+            over the first ``pooled_batches`` of them (``None``: all). Their cost grows with it,
+            their noise comes mostly from the random directions: one batch by default.
         batch_size: Rows per batch; ``None``: the training loader's batch size.
         measures: Which figures: any of ``worst``, ``average``, ``hessian_top``.
         rho: Radius ρ of the worst-case sharpness (L2 over all trainable tensors). 0.05 is SAM's
@@ -74,13 +78,14 @@ class SharpnessMonitor(Callback):
     def __init__(
         self,
         num_batches: int = 4,
+        pooled_batches: int | None = 1,
         batch_size: int | None = None,
         measures: Sequence[str] = MEASURES,
         rho: float = DEFAULT_RHO,
         ascent_steps: int = 1,
         average_rho: float = 1.0,
-        directions: int = 4,
-        power_iterations: int = 5,
+        directions: int = 6,
+        power_iterations: int = 3,
         tolerance: float = 1e-2,
         seed: int = 0,
         after_fit: bool = True,
@@ -94,6 +99,10 @@ class SharpnessMonitor(Callback):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if pooled_batches is not None and (
+            isinstance(pooled_batches, bool) or not isinstance(pooled_batches, int) or pooled_batches < 1
+        ):
+            raise ValueError(f"pooled_batches must be an int >= 1 or None, got {pooled_batches!r}")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -110,6 +119,7 @@ class SharpnessMonitor(Callback):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         self.num_batches = num_batches
+        self.pooled_batches = pooled_batches
         self.batch_size = batch_size
         self.measures = measures
         self.rho = float(rho)
@@ -171,20 +181,27 @@ class SharpnessMonitor(Callback):
             with torch.inference_mode(False):  # the test loop runs under inference mode
                 batches = fixed_batches(loader, self.num_batches, self.batch_size, self.seed)
                 batches = [trainer.strategy.batch_to_device(b) for b in batches]
-                estimates = measure_sharpness(
-                    _loss_under(trainer, loss),
-                    params,
-                    batches,
-                    self.measures,
-                    self.rho,
-                    self.ascent_steps,
-                    self.directions,
-                    self.average_rho,
-                    self.power_iterations,
-                    self.tolerance,
-                    self.seed,
-                    module=pl_module,
-                )
+                loss_fn = _loss_under(trainer, loss)
+                estimates = {}
+                for measures, subset in (
+                    ([m for m in self.measures if m == "worst"], batches),
+                    ([m for m in self.measures if m != "worst"], batches[: self.pooled_batches]),
+                ):
+                    if measures:
+                        estimates |= measure_sharpness(
+                            loss_fn,
+                            params,
+                            subset,
+                            measures,
+                            self.rho,
+                            self.ascent_steps,
+                            self.directions,
+                            self.average_rho,
+                            self.power_iterations,
+                            self.tolerance,
+                            self.seed,
+                            module=pl_module,
+                        )
         finally:
             restore_rng_states(states)
         values = trainer.strategy.broadcast(_as_values(estimates), src=0)

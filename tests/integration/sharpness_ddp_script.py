@@ -24,7 +24,14 @@ from tiny_sam import TinySAM, make_data, make_net, sgd, trainer
 import lit_bar.callbacks.sharpness as monitor_module
 from lit_bar.callbacks import SharpnessMonitor
 
-MONITOR = {"num_batches": 3, "batch_size": 4, "directions": 3, "power_iterations": 4, "ascent_steps": 2}
+MONITOR = {
+    "num_batches": 3,
+    "pooled_batches": 2,
+    "batch_size": 4,
+    "directions": 3,
+    "power_iterations": 4,
+    "ascent_steps": 2,
+}
 ROWS = 32
 
 

@@ -273,6 +273,7 @@ def test_bad_inputs_are_refused() -> None:
     [
         ({"num_batches": 0}, "num_batches must be an int >= 1, got 0"),
         ({"batch_size": 0}, "batch_size must be an int >= 1 or None, got 0"),
+        ({"pooled_batches": 0}, "pooled_batches must be an int >= 1 or None, got 0"),
         ({"rho": -0.1}, "rho must be a finite number > 0, got -0.1"),
         ({"average_rho": 0}, "average_rho must be a finite number > 0, got 0"),
         ({"measures": []}, "measures must be a non-empty list"),
