@@ -144,3 +144,27 @@ def test_plain_loops_with_the_pure_torch_pieces_equal_the_hand_loops():
     want_net, want_aux = hand_bilora(data, 0.02)
     assert max_diff(factors(net), factors(want_net)) < TOL
     assert max_diff(bi.parameters(), want_aux) < TOL
+
+
+def test_trainer_callbacks_under_two_process_ddp_equal_one_process(tmp_path):
+    """Flat-LoRA: the same ε on both ranks without communication; Bi-LoRA: the auxiliary gradients are
+    averaged over the ranks by the callback (they are not DDP parameters)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import successors_hf_ddp_script as script
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(Path(script.__file__)), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    for method in script.METHODS:
+        rank0, rank1 = (torch.load(tmp_path / f"{method}_rank{r}.pt") for r in (0, 1))
+        one = script.run(method, str(tmp_path / "one"), 2 * script.PER_DEVICE)
+        assert rank0["steps"] == one["steps"] == script.ROWS // (2 * script.PER_DEVICE)
+        for key in ("lora", "base", "aux"):
+            if one[key]:
+                assert max_diff(rank0[key], rank1[key]) < TOL, (method, key)
+                assert max_diff(rank0[key], one[key]) < TOL, (method, key)
+        assert max_diff(one["lora"], factors(lora_net())) > 1e3 * TOL  # training moved the factors
