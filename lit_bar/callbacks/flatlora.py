@@ -30,11 +30,21 @@ __all__ = ["FlatLoRACallback", "refuse_combinations"]
 
 
 def refuse_combinations(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: str) -> None:
-    """Refuse SAM (ρ > 0) and the other successor next to Flat-LoRA / Bi-LoRA, with one-line errors.
+    """Refuse sharded strategies, SAM (ρ > 0) and the other successor next to Flat-LoRA / Bi-LoRA,
+    with one-line errors.
 
     The successors are told by their class attribute ``perturbs_merged_weight`` (no import of
     :mod:`lit_bar.callbacks.bilora` here: that module imports this one).
     """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
+        raise ValueError(
+            f"{owner} does not support --trainer.strategy {type(strategy).__name__}: it reads and perturbs "
+            "whole LoRA layers (base weight rows, the auxiliary pair's product), which sharded strategies "
+            "split across devices; use --trainer.strategy ddp"
+        )
     rho = getattr(pl_module, "rho", 0.0)
     if rho:
         raise ValueError(

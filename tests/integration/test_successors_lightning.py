@@ -391,3 +391,17 @@ def test_bilora_auxiliary_step_is_skipped_when_the_fp16_scaler_skips():
     assert max_diff(first.primary, start) == 0.0
     assert all(b.abs().max() == 0 for b in first.aux_b)  # the ascent was skipped too
     assert all(torch.isfinite(b).all() and b.abs().max() > 0 for b in bi.bilora.b)  # later steps ascended
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "model_parallel"])
+def test_successors_refuse_sharded_strategies(strategy):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    from lit_bar.callbacks.flatlora import refuse_combinations
+
+    sharded = {"fsdp": FSDPStrategy, "model_parallel": ModelParallelStrategy}[strategy]()
+    trainer = SimpleNamespace(strategy=sharded, callbacks=[])
+    with pytest.raises(ValueError, match=rf"does not support --trainer.strategy {type(sharded).__name__}"):
+        refuse_combinations(trainer, TinyPlain(lora_net(), sgd(LR)), "FlatLoRACallback")
