@@ -119,6 +119,7 @@ def _assert_same_run_state(resumed: Path, straight: Path) -> None:
     a = torch.load(resumed, map_location="cpu", weights_only=True)
     b = torch.load(straight, map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 8
+    assert len(a["rng_states"]) == len(b["rng_states"])  # one entry per process
     bar = [k for k in a["callbacks"] if "Balancedness" in k]
     assert bar  # BAR's μ schedule position is in the callback's state
     for key in ("state_dict", "optimizer_states", "lr_schedulers", "rng_states", ("callbacks", bar[0])):
@@ -233,3 +234,25 @@ def test_killing_one_ddp_rank_ends_the_other_with_one_line(runs, tmp_path: Path)
         f"lit-bar: error: rank 0 of 2: rank 1 (pid {rank1}) was killed by signal 9, so a collective failed"
     ), text[-3000:]
     assert "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_ddp_kill_9_mid_epoch_then_ckpt_path_last_equals_the_straight_run(tmp_path: Path) -> None:
+    """2 processes (gloo), both killed at micro-batch 6 (a node lost), then resumed with
+    ``--ckpt_path last`` on 2 processes. Slow (three 2-process runs); the default suite's
+    ``test_resume.py::test_ddp_resume_mid_window_equals_the_straight_run`` checks exact DDP resume."""
+    paths = tiny_sst2(tmp_path / "data", train=32, validation=4)  # 4 batches per rank and epoch
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    straight = _start(_args(paths, tmp_path / "straight", *ddp), tmp_path / "straight.log")
+    assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    proc = _start(_args(paths, out, *ddp, *_pause(tmp_path / "paused", at=6, ranks=(0, 1))), log)
+    _wait_for([tmp_path / "paused.rank0", tmp_path / "paused.rank1"], proc, log)
+    for rank in (1, 0):
+        os.kill(int((tmp_path / f"paused.rank{rank}").read_text()), signal.SIGKILL)
+    proc.wait(timeout=60)
+    resumed = _start(_args(paths, out, *ddp, "--ckpt_path", "last"), tmp_path / "resumed.log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    _, version_1 = _versions(out)
+    (final,) = (tmp_path / "straight").rglob(FINAL)
+    _assert_same_run_state(version_1 / "checkpoints" / FINAL, final)
