@@ -94,6 +94,11 @@ def check_inputs(grid: Grid, settings: Settings) -> None:
             )
 
 
+#: The grids' sharpness measurement in `lit-bar test`: SharpnessMonitor's defaults, with 3 normalised
+#: ascent steps for the worst case (k = 1 is SAM's one-step estimate, a lower bound).
+SHARPNESS_MONITOR = {"class_path": "lit_bar.callbacks.SharpnessMonitor", "init_args": {"ascent_steps": 3}}
+
+
 def cell_args(cell: Cell, settings: Settings, stage: str, ckpt: str | None = None) -> list[str]:
     """The ``lit-bar <stage>`` arguments of one cell (the command recorded in runs.jsonl)."""
     log_dir = settings.out / "logs" / cell.key_path
@@ -118,7 +123,7 @@ def cell_args(cell: Cell, settings: Settings, stage: str, ckpt: str | None = Non
     if stage == "validate":  # the task files validate nothing during fit
         args += ["--trainer.limit_val_batches", "1.0"]
     if stage == "test" and settings.sharpness:
-        args += ["--trainer.callbacks+", json.dumps({"class_path": "lit_bar.callbacks.SharpnessMonitor"})]
+        args += ["--trainer.callbacks+", json.dumps(SHARPNESS_MONITOR)]
     if ckpt is not None:
         args += ["--ckpt_path", ckpt]
     return args

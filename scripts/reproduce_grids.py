@@ -153,7 +153,7 @@ _BAR_SPACE = tuple((("mu", mu), ("schedule", h)) for h in ("linear", "cosine") f
 #: Seed 001's grids (Appendix D) over this machine's model: ρ ∈ {0.05, 0.1, 0.2} plus 0.01 (Flat-LoRA
 #: and Bi-LoRA found ρ ≤ 0.01 best over LoRA's parameters), μ ∈ {0.5, 1, 2} × {linear, cosine}.
 TUNED_SEARCH = Search(
-    lrs=(5e-4, 1e-3, 2e-3),
+    lrs=(1e-3, 2e-3, 4e-3),
     spaces=(
         ("sam", tuple((("rho", rho),) for rho in (0.01, 0.05, 0.1, 0.2))),
         ("nbar", _BAR_SPACE),

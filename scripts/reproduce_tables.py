@@ -51,14 +51,18 @@ def last_values(path: Path) -> dict[str, float]:
     return values
 
 
-def format_cell(values: list[float], expected: int, scale: float = 100.0, digits: int = 1) -> str:
-    """``mean ± std`` (×scale) of the seeds' values; ``(n = k)`` when some seeds are missing."""
+def format_cell(values: list[float], expected: int, scale: float = 100.0, digits: int | str = 1) -> str:
+    """``mean ± std`` (×scale) of the seeds' values; ``(n = k)`` when some seeds are missing.
+
+    ``digits``: decimals, or a format spec such as ``".3g"`` (figures that span orders of magnitude).
+    """
     if not values:
         return "—"
+    spec = digits if isinstance(digits, str) else f".{digits}f"
     mean = statistics.fmean(values) * scale
-    text = f"{mean:.{digits}f}"
+    text = f"{mean:{spec}}"
     if len(values) > 1:
-        text += f" ± {statistics.stdev(values) * scale:.{digits}f}"
+        text += f" ± {statistics.stdev(values) * scale:{spec}}"
     return text + (f" (n = {len(values)})" if len(values) < expected else "")
 
 
@@ -69,7 +73,7 @@ def _metric(task, rows: list[dict]) -> str | None:
     return names[0] if names else None
 
 
-def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int = 1) -> list[str]:
+def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int | str = 1) -> list[str]:
     """One Markdown table: ``value(row)`` per run, aggregated per (method, task)."""
     lines = ["| method | " + " | ".join(t.name for t in grid.tasks) + (" | avg |" if average else " |")]
     lines.append("|---" * (len(grid.tasks) + 1 + average) + "|")
@@ -121,16 +125,20 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def format_ci(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean [low, high]`` (×scale) with the 95 % t interval; ``*`` when the interval excludes 0."""
+def format_ci(values: list[float], scale: float = 100.0, digits: int | str = 2) -> str:
+    """``mean [low, high]`` (×scale) with the 95 % t interval; ``*`` when the interval excludes 0.
+
+    ``digits``: decimals, or a format spec such as ``".3g"``.
+    """
     if not values:
         return "—"
+    spec = "+" + (digits if isinstance(digits, str) else f".{digits}f")
     mean, half = mean_ci(values)
     if math.isnan(half):
-        return f"{mean * scale:.{digits}f} (n = 1)"
+        return f"{mean * scale:{spec}} (n = 1)"
     low, high = (mean - half) * scale, (mean + half) * scale
     star = "*" if low > 0 or high < 0 else ""
-    return f"{mean * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{star}"
+    return f"{mean * scale:{spec}} [{low:{spec}}, {high:{spec}}]{star}"
 
 
 def bar_strength(lr: float, mu: float, schedule: str, total_steps: int, warmup_ratio: float = 0.06) -> float:
@@ -256,13 +264,10 @@ def tables_markdown(grid, rows: list[dict]) -> list[str]:
     if any(key in r.get("metrics", {}) for r in ok for key, _ in SHARPNESS):
         for key, what in SHARPNESS:
             lines += ["", f"`{key}`: {what}, of the final weights (mean ± std over seeds):", ""]
-            lines += _table(
-                grid, ok, lambda task, r, ok, key=key: r["metrics"].get(key), 1.0, False, digits=4
-            )
-        lines += ["", f"`sharpness/worst`, paired difference to {name}: mean [95 % t interval]:", ""]
-        lines += _ci_table(
-            grid, ok, lambda task, r: _paired_key(r, ok, base, "sharpness/worst"), 1.0, digits=4
-        )
+            lines += _table(grid, ok, lambda task, r, ok, key=key: r["metrics"].get(key), 1.0, False, ".3g")
+        for key, _ in SHARPNESS:
+            lines += ["", f"`{key}`, paired difference to {name}: mean [95 % t interval]:", ""]
+            lines += _ci_table(grid, ok, lambda task, r, key=key: _paired_key(r, ok, base, key), 1.0, ".3g")
     lines += ["", "Final mean |balancedness| (`bar/abs_balancedness` at the last logging step):", ""]
     lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False, digits=3)
     lines += ["", "Wall time per run, s (fit then test, in one child process per run):", ""]
@@ -280,7 +285,7 @@ def _paired_key(row: dict, ok: list[dict], base: str, key: str) -> float | None:
     return row["metrics"][key] - match[0]["metrics"][key]
 
 
-def _ci_table(grid, ok: list[dict], value, scale: float, digits: int = 2) -> list[str]:
+def _ci_table(grid, ok: list[dict], value, scale: float, digits: int | str = 2) -> list[str]:
     """Rows = methods but the base, columns = tasks: ``mean [95 % interval]`` of ``value(task, row)``."""
     from reproduce_grids import METHOD_NAMES
 

@@ -106,7 +106,7 @@ def test_tables_show_the_selection_and_the_final_runs_with_intervals(searched) -
     assert nbar == "| LoRA-nBAR | +2.00 [+2.00, +2.00]* |"  # + 0.02 in every seed: no spread
     worst = text.split("`sharpness/worst`, paired difference to LoRA")[1]
     sam = next(line for line in worst.splitlines() if line.startswith("| LoRA-SAM"))
-    assert sam.startswith("| LoRA-SAM | -0.1000 [-0.1000, -0.1000]*")
+    assert sam.startswith("| LoRA-SAM | -0.1 [-0.1, -0.1]*")
 
 
 def test_a_failed_search_candidate_is_not_chosen() -> None:
