@@ -38,6 +38,7 @@ from reproduce_grids import (  # noqa: E402
     FLAGS,
     GRIDS,
     METHOD_NAMES,
+    PER_PAIR_METHODS,
     Cell,
     Grid,
     final_cells,
@@ -113,7 +114,9 @@ def cell_args(cell: Cell, settings: Settings, stage: str, ckpt: str | None = Non
         args += ["--data.init_args.data_dir", str(settings.data_root / cell.data)]
     args += ["--seed_everything", str(cell.seed), "--data.init_args.seed", str(cell.seed)]
     args += ["--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false"]
-    if settings.per_pair:  # the method file's callback comes last: BalancednessMonitor/-Callback
+    if (
+        settings.per_pair and cell.method in PER_PAIR_METHODS
+    ):  # its file's last callback: BalancednessMonitor/-Callback
         args += ["--trainer.callbacks.init_args.log_per_pair", "true"]
     for name, value in cell.hparams:  # mu/schedule: the same last callback, before any is appended
         args += [f"--{FLAGS[name]}", str(value)]

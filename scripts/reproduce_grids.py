@@ -14,6 +14,7 @@ __all__ = [
     "FLAGS",
     "GRIDS",
     "METHOD_NAMES",
+    "PER_PAIR_METHODS",
     "Cell",
     "Grid",
     "Search",
@@ -57,7 +58,12 @@ FLAGS = {
     "rho": "model.init_args.rho",
     "mu": "trainer.callbacks.init_args.mu",
     "schedule": "trainer.callbacks.init_args.schedule",
+    # Flat-LoRA's noise scale σ / Bi-LoRA's radius: their method files put that callback last
+    "successor_rho": "trainer.callbacks.init_args.rho",
 }
+#: Methods whose method file ends with a balancedness callback (BalancednessMonitor/-Callback), which
+#: takes ``log_per_pair``; the successors' files end with their own callback.
+PER_PAIR_METHODS = ("lora", "sam", "nbar", "obar", "fsam", "psam")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,9 @@ TUNED_SEARCH = Search(
         ("sam", tuple((("rho", rho),) for rho in (0.01, 0.05, 0.1, 0.2))),
         ("nbar", _BAR_SPACE),
         ("obar", _BAR_SPACE),
+        # the papers' own values: Flat-LoRA σ 0.05 / 0.10 (Sec. 4.1, App. D), Bi-LoRA ρ 0.05 / 0.1 (App. R)
+        ("flatlora", ((("successor_rho", 0.05),), (("successor_rho", 0.1),))),
+        ("bilora", ((("successor_rho", 0.05),), (("successor_rho", 0.1),))),
     ),
     seed=13,
 )
@@ -178,13 +187,13 @@ GRIDS = {
     "offline-tuned": Grid(
         "offline-tuned",
         "Tuned offline grid: all-MiniLM-L6-v2 + LoRA (r=8) on CPU, 300 steps; SST-2 and STS-B (test "
-        "splits), CoLA (official validation split); lr, ρ and μ selected on dev as the paper selects",
+        "splits), CoLA (official validation split); lr, ρ, μ and the successors' radii selected on dev",
         (
             Task("sst2", "configs/offline_tuned/minilm_sst2.yaml", "sst2", _ACC),
             Task("stsb", "configs/offline_tuned/minilm_stsb.yaml", "stsb", "test/pearson"),
             Task("cola", "configs/offline_tuned/minilm_cola.yaml", "cola", "test/matthews"),
         ),
-        ("lora", "sam", "nbar", "obar"),
+        ("lora", "sam", "nbar", "obar", "flatlora", "bilora"),
         (13, 21, 42, 87, 100),
         offline=True,
         search=TUNED_SEARCH,

@@ -149,3 +149,20 @@ def test_the_tuned_grid_searches_the_papers_grid_plus_rho_001() -> None:
     for method in ("nbar", "obar"):
         space = {(dict(c)["mu"], dict(c)["schedule"]) for c in grid.search.space(method)}
         assert space == {(mu, h) for mu in (0.5, 1.0, 2.0) for h in ("linear", "cosine")}
+    for method in ("flatlora", "bilora"):  # the successors' own radius, not the module's rho (refused)
+        assert [dict(c) for c in grid.search.space(method)] == [
+            {"successor_rho": 0.05},
+            {"successor_rho": 0.1},
+        ]
+
+
+def test_successor_cells_tune_their_callback_and_skip_the_per_pair_flag(tmp_path: Path) -> None:
+    """The successors' method files end with their own callback: the radius goes there, and the
+    balancedness callbacks' log_per_pair flag (which it does not take) is left out."""
+    settings = reproduce.Settings(tmp_path, None, None, per_pair=True)
+    cell = reproduce.Cell("sst2", "flatlora", 13, "x.yaml", hparams=(("lr", 0.002), ("successor_rho", 0.1)))
+    args = reproduce.cell_args(cell, settings, "fit")
+    assert "--trainer.callbacks.init_args.log_per_pair" not in args
+    assert args[args.index("--trainer.callbacks.init_args.rho") + 1] == "0.1"
+    nbar = reproduce.cell_args(reproduce.Cell("sst2", "nbar", 13, "x.yaml"), settings, "fit")
+    assert "--trainer.callbacks.init_args.log_per_pair" in nbar
