@@ -27,6 +27,8 @@ import os
 import sys
 import tempfile
 import warnings
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +120,8 @@ _STEP_CHECKPOINT_WARNING = "Using ModelCheckpoint with manual optimization and e
 class LitBarCLI(LightningCLI):
     """LightningCLI with lit_bar's data → model links, no top-level optimizer, and ``temp_root_dir``."""
 
-    last_trainer: Trainer | None = None  # the trainer built last (main() asks its DDP launcher who died)
+    #: the trainer built last, weakly (main() asks its DDP launcher which rank died)
+    last_trainer: Callable[[], Trainer | None] = staticmethod(lambda: None)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -158,7 +161,7 @@ class LitBarCLI(LightningCLI):
         """Lightning's trainer, saving and loading checkpoints through :class:`SafeCheckpointIO` (unless
         the run set a checkpoint plugin of its own) and saving one when SIGTERM stops a fit."""
         trainer = super().instantiate_trainer(**kwargs)
-        LitBarCLI.last_trainer = trainer
+        LitBarCLI.last_trainer = weakref.ref(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
@@ -242,7 +245,7 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException:  # PreemptionCheckpoint saved and said where
         raise SystemExit(143) from None
     except RuntimeError as err:  # a collective failed because another rank died: say which, in one line
-        trainer = LitBarCLI.last_trainer
+        trainer = LitBarCLI.last_trainer()
         message = dead_peer_message(err, trainer.strategy.launcher if trainer is not None else None)
         if message is None:
             raise

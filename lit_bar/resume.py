@@ -165,7 +165,7 @@ def dead_peer_message(err: BaseException, launcher: Any = None) -> str | None:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             dead.append(f"rank {i} (pid {proc.pid}) {how}")
     if rank != 0 and os.getppid() != _PARENT_PID:
-        dead.append(f"rank 0 (pid {_PARENT_PID}) is gone")
+        dead.append(f"its parent process (pid {_PARENT_PID}; rank 0 under Lightning's ddp launcher) is gone")
     who = "; ".join(dead) if dead else "another process of this run stopped answering"
     what = " ".join(str(err).strip().splitlines()[:1])[:160]
     return f"rank {rank} of {world}: {who}, so a collective failed and this one stops too ({what})"
