@@ -18,8 +18,9 @@ this module supplies its loss, the precision plugin's scaling and backward, and 
              this module: gradient clipping) → scaler.step (skips non-finite) → scaler.update
              then LR schedulers with interval "step"
 
-Logging (only where Lightning writes the logs, ``log_every_n_steps``; nothing is computed or copied
-to the host in other steps): ``train/loss`` (also on the progress bar), ``train/grad_norm``
+Logging (on the optimizer steps :func:`lit_bar.steps.is_logging_step` names: every
+``log_every_n_steps``-th *optimizer* step, as the BAR callbacks; nothing is computed or copied to the
+host in other steps): ``train/loss`` (also on the progress bar), ``train/grad_norm``
 (‖mean ascent gradient‖ over all micro-batches and processes, unscaled), ``train/descent_grad_norm``
 (the clipped gradient the optimizer steps with) and ``train/sharpness`` (L(w + ε) − L(w), SAM), with
 one device→host copy per logging step.
@@ -58,12 +59,13 @@ from torch.utils._pytree import tree_flatten
 from typing_extensions import override
 
 from lit_bar.engine import PERTURBATIONS, SAMEngine
+from lit_bar.lightning_compat import drop_earlier_step_values, load_dropped_loader_state
 from lit_bar.optim.groups import apply_lr_scales
 from lit_bar.optim.perturbation import global_norm, validate_precondition
 from lit_bar.optim.sam import validate_rho
 from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
 from lit_bar.step_utils import NonFiniteError, batch_size, non_finite_names
-from lit_bar.steps import optimizer_steps, run_length
+from lit_bar.steps import is_logging_step, optimizer_steps, run_length
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
 
@@ -259,7 +261,7 @@ class SAMModule(LightningModule):
         """
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-        if _is_logging_step(self.trainer):
+        if is_logging_step(self.trainer):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grads = [p.grad for p in params if p.grad is not None]
             self._descent_norm = global_norm(grads) if grads else None
@@ -299,8 +301,9 @@ class SAMModule(LightningModule):
     # ----------------------------------------------------------------- the SAM step
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        drop_earlier_step_values(self.trainer)  # the loggers get each value once, on its logging step
         last = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
-        logging = _is_logging_step(self.trainer)
+        logging = is_logging_step(self.trainer)  # read on the window's last micro-batch
         loss = self._engine.micro_step(
             _LightningFrontEnd(self),
             batch,
@@ -416,14 +419,7 @@ class SAMModule(LightningModule):
         ``trainer.estimated_stepping_batches`` in a subclass's ``configure_optimizers``, say) never
         gets the checkpoint's position. Load it now, before the first batch, and restart the fetcher's
         iterator, as Lightning's own resume path does (``lit_bar.steps`` avoids the trap altogether)."""
-        fit_loop = self.trainer.fit_loop
-        pending = fit_loop._combined_loader_states_to_load
-        loader, fetcher = fit_loop._combined_loader, fit_loop._data_fetcher
-        if not pending or not fit_loop.restarting or loader is None or fetcher is None:
-            return
-        loader._load_state_dicts(pending)
-        fit_loop._combined_loader_states_to_load = []
-        iter(fetcher)
+        load_dropped_loader_state(self.trainer)
 
     def _window_state(self) -> dict[str, Any] | None:
         """The accumulation window in progress (``None`` at an optimizer-step boundary): the engine's
@@ -493,12 +489,6 @@ class _LightningFrontEnd:
     def no_sync(self) -> contextlib.AbstractContextManager[Any]:
         block = getattr(self.module.trainer.strategy, "block_backward_sync", None)
         return contextlib.nullcontext() if block is None else block()
-
-
-def _is_logging_step(trainer: Any) -> bool:
-    """Whether what is logged in this batch reaches the loggers (``log_every_n_steps``; Lightning's own
-    predicate, as its ``LearningRateMonitor`` reads it), so nothing is computed for the other batches."""
-    return bool(trainer._logger_connector.should_update_logs)
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:

@@ -8,6 +8,8 @@ keeps that loader and never loads the checkpoint's loader position into it (Ligh
 #20550, present in 2.6.6: ``_FitLoop.setup_data`` returns early), so a resumed run silently
 re-reads its epoch from the start. :func:`batches_per_epoch` therefore releases a loader that it
 had to build: the fit loop builds its own after the restore and loads its position as usual.
+
+:func:`is_logging_step` is lit_bar's one logging clock under Lightning, in optimizer steps.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import math
 
 import lightning.pytorch as pl
 
-__all__ = ["batches_per_epoch", "optimizer_steps", "run_length", "total_optimizer_steps"]
+from lit_bar.lightning_compat import has_training_loader, release_training_loader
+
+__all__ = ["batches_per_epoch", "is_logging_step", "optimizer_steps", "run_length", "total_optimizer_steps"]
 
 _NO_LENGTH = (
     "the run has no finite length (max_steps=-1 and max_epochs=-1, or a training set without len()), "
@@ -30,15 +34,11 @@ def batches_per_epoch(trainer: pl.Trainer) -> float:
     Builds the training loader if the fit loop has none yet, and releases it again (see the module
     docstring), so that a checkpoint's loader position is still restored afterwards.
     """
-    fit_loop = trainer.fit_loop
-    if fit_loop._combined_loader is not None or trainer.max_epochs == -1:
+    if has_training_loader(trainer) or trainer.max_epochs == -1:
         return trainer.num_training_batches
     trainer.estimated_stepping_batches  # noqa: B018  (makes the fit loop build the training loader)
     batches = trainer.num_training_batches
-    if fit_loop._data_fetcher is not None:  # shuts down any worker processes of the early iterator
-        fit_loop._data_fetcher.teardown()
-        fit_loop._data_fetcher = None
-    fit_loop._combined_loader = None  # the fit loop builds it again after the checkpoint's restore
+    release_training_loader(trainer)  # the fit loop builds it again after the checkpoint's restore
     return batches
 
 
@@ -93,3 +93,29 @@ def total_optimizer_steps(trainer: pl.Trainer, module: pl.LightningModule) -> in
     if callable(estimate):
         return int(estimate())
     return optimizer_steps(trainer, trainer.accumulate_grad_batches)
+
+
+def is_logging_step(trainer: pl.Trainer, step: int | None = None, every: int | None = None) -> bool:
+    """Whether optimizer step ``step`` logs: lit_bar's one logging clock under Lightning.
+
+    The rule: with ``N = trainer.log_every_n_steps``, optimizer step n (counted from 1) logs when
+    ``N > 0`` and ``n % N == 0``, or when the Trainer is stopping (``trainer.should_stop``, as
+    Lightning's own rule). It counts *optimizer steps*, as Lightning does under automatic
+    optimization and as transformers' ``logging_steps`` does (:func:`lit_bar.hf.callback.will_log`):
+    with ``accumulate_grad_batches=2`` and ``log_every_n_steps=4`` it logs at optimizer steps 4, 8, ...
+    (Lightning's private ``should_update_logs`` counts micro-batches under manual optimization, which
+    would be steps 2, 4, 6, 8.) ``SAMModule``'s ``train/*``, ``BalancednessCallback``,
+    ``BalancednessMonitor``, ``BiLoRACallback``, ``FiniteCheck`` and the step progress lines all ask here.
+    Every logging step is a batch in which Lightning writes the logged values to the loggers
+    (optimizer step n ends at micro-batch n·k, and N | n implies N | n·k).
+
+    Args:
+        trainer: The Lightning Trainer.
+        step: The optimizer step, from 1; ``None``: the step in progress (``trainer.global_step + 1``,
+            as read in ``training_step`` and ``on_before_optimizer_step``). After the step (in
+            ``on_train_batch_end``) pass ``trainer.global_step``.
+        every: ``N`` instead of ``trainer.log_every_n_steps`` (a callback's own cadence).
+    """
+    every = trainer.log_every_n_steps if every is None else every
+    step = trainer.global_step + 1 if step is None else step
+    return bool(every) and (step % every == 0 or bool(trainer.should_stop))

@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
 from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
-from lit_bar.steps import total_optimizer_steps
+from lit_bar.steps import is_logging_step, total_optimizer_steps
 
 __all__ = ["BalancednessCallback"]
 
@@ -99,8 +99,7 @@ class BalancednessCallback(Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             keep = finite_gradients(optimizer)  # 0 on the steps the GradScaler skips
         result = self.bar.apply(optimizer, trainer.global_step, keep)
-        every = trainer.log_every_n_steps  # 0: Lightning logs nothing
-        if every and (trainer.global_step + 1) % every == 0:  # logging costs more than BAR itself
+        if is_logging_step(trainer):  # the step in progress; logging costs more than BAR itself
             self._log(pl_module, result)
 
     def _log(self, pl_module: pl.LightningModule, result: BarStep) -> None:

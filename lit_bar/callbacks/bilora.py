@@ -33,6 +33,7 @@ from lit_bar.callbacks.flatlora import refuse_combinations
 from lit_bar.engine import all_reduce_sum
 from lit_bar.methods.bilora import BiLoRA
 from lit_bar.resume import gather_per_rank
+from lit_bar.steps import is_logging_step
 
 __all__ = ["AUX_OPTIMIZERS", "BiLoRACallback"]
 
@@ -126,8 +127,7 @@ class BiLoRACallback(Callback):
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         norm = self.bilora.project_()
-        every = trainer.log_every_n_steps
-        if self.log_norm and every and (trainer.global_step + 1) % every == 0:
+        if self.log_norm and is_logging_step(trainer):  # the step in progress
             pl_module.log("bilora/perturbation_norm", norm.detach().cpu())
 
     @override

@@ -38,6 +38,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lit_bar.step_utils import NonFiniteError, all_finite, float_tensors, non_finite_names
+from lit_bar.steps import is_logging_step
 
 __all__ = ["FiniteCheck", "NonFiniteError"]
 
@@ -102,8 +103,7 @@ class FiniteCheck(Callback):
         self._record(step, flags)
         if stepped:
             self._seen_step = trainer.global_step
-            every = trainer.log_every_n_steps if self.every_n_steps is None else self.every_n_steps
-            if every and trainer.global_step % every == 0:
+            if is_logging_step(trainer, trainer.global_step, self.every_n_steps):  # the step just taken
                 self._check(trainer, f"at step {trainer.global_step}")
 
     @override

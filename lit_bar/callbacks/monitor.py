@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.pairs import FactorPair, balancedness, module_pairs
+from lit_bar.steps import is_logging_step
 
 __all__ = ["BalancednessMonitor"]
 
@@ -61,8 +62,7 @@ class BalancednessMonitor(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        every = trainer.log_every_n_steps
-        if not self.pairs or every == 0 or (trainer.global_step + 1) % every != 0:
+        if not self.pairs or not is_logging_step(trainer):  # the step in progress
             return
         values = balancedness(self.pairs).abs()
         pl_module.log("bar/abs_balancedness", values.mean())

@@ -35,6 +35,8 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning_utilities.core.imports import RequirementCache
 from typing_extensions import override
 
+from lit_bar.steps import is_logging_step
+
 __all__ = ["StepProgressBar", "format_metrics"]
 
 _RICH = bool(RequirementCache("rich>=10.2.2"))  # what Lightning itself requires for its rich bar
@@ -70,6 +72,7 @@ class StepProgressBar(_Bar):
         self.lines = lines
         self._printing = False
         self._start = time.monotonic()
+        self._printed_step = 0
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -103,14 +106,17 @@ class StepProgressBar(_Bar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._start = time.monotonic()
+        self._printed_step = trainer.global_step  # lines for the optimizer steps taken from here on
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # Lightning's rule for "this batch's logged values reach the loggers" (as SAMModule's)
-        if self._printing and trainer._logger_connector.should_update_logs:
+        # once per logging optimizer step (lit_bar's one logging clock, as SAMModule's train/*)
+        stepped = trainer.global_step != self._printed_step
+        if self._printing and stepped and is_logging_step(trainer, trainer.global_step):
+            self._printed_step = trainer.global_step
             step = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
             train = {k: v for k, v in trainer.callback_metrics.items() if not k.startswith(("val", "test"))}
             fields = [step, f"epoch {trainer.current_epoch}", format_metrics(train)]

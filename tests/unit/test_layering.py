@@ -30,6 +30,7 @@ placed on purpose.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,38 @@ def test_the_cycle_search_finds_a_circle() -> None:
 )
 def test_an_upward_import_is_named(source: str, target: str, upward: bool) -> None:
     assert bool(upward_imports({source: {target}})) is upward
+
+
+# --------------------------------------------------------------------- Lightning's private attributes
+#: Lightning's private attributes as lit_bar reached them: ``<trainer-ish object>._name`` and the
+#: connectors, loops' and results' internals by name. Only :mod:`lit_bar.lightning_compat` may.
+LIGHTNING_PRIVATE = re.compile(
+    r"\b(trainer|fit_loop|epoch_loop|loop|loader|fetcher|results|metric|connector)\._[a-z]\w*"
+    r"|\.(_logger_connector|_checkpoint_connector|_data_connector|_callback_connector|_accelerator_connector"
+    r"|_results|_combined_loader\w*|_data_fetcher|_batches_that_stepped|_forward_cache|_load_state_dicts"
+    r"|_active_loop|_should_accumulate)\b"
+    r"|[\"']_(results|logger_connector|checkpoint_connector)[\"']"
+)
+COMPAT = "lightning_compat.py"
+
+
+def lightning_private_uses(package: Path = PACKAGE) -> list[str]:
+    return [
+        f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != COMPAT
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if LIGHTNING_PRIVATE.search(line.split("#", 1)[0])
+    ]
+
+
+def test_lightning_private_attributes_only_in_the_compat_module() -> None:
+    uses = lightning_private_uses()
+    assert not uses, f"Lightning private attributes outside lit_bar/{COMPAT}:\n" + "\n".join(uses)
+
+
+def test_the_private_attribute_scan_sees_them() -> None:
+    compat = (PACKAGE / COMPAT).read_text().splitlines()
+    assert sum(bool(LIGHTNING_PRIVATE.search(line.split("#", 1)[0])) for line in compat) >= 5
+    assert LIGHTNING_PRIVATE.search("    return bool(trainer._logger_connector.should_update_logs)")
+    assert not LIGHTNING_PRIVATE.search("        self._printed_step = trainer.global_step")
