@@ -1,4 +1,4 @@
-"""Balancedness-aware regularisation, nBAR and oBAR (paper Sec. 5.2, Alg. 2 and 3; ALGORITHMS.md §3).
+"""Balancedness-aware regularisation, nBAR and oBAR (paper Sec. 5.2, Alg. 2 and 3; docs/algorithms.md §3).
 
 Each optimizer step, per pair, choose a sign s ∈ {+1, −1} and apply, decoupled like AdamW's
 weight decay (never through the optimizer's preconditioner)::
@@ -180,7 +180,7 @@ def finite_gradients(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """1 if every gradient the optimizer holds is finite, else 0 (0-d tensor: no host sync); None if none.
 
     A GradScaler skips exactly the steps where this is 0 (an inf or NaN, scaled or not), so BAR
-    multiplies its update by it to skip them too (ALGORITHMS.md §3, last line).
+    multiplies its update by it to skip them too (docs/algorithms.md §3, last item).
     """
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
@@ -203,8 +203,8 @@ class BAR:
     The one implementation of the rule: :class:`lit_bar.BalancednessCallback` (Lightning) and
     :class:`lit_bar.hf.BalancednessTrainerCallback` (transformers) drive this class too. Each
     :meth:`step` reads the final gradients (nBAR), picks every pair's sign, and scales the factors
-    in place, decoupled from the optimizer (ALGORITHMS.md §3); the optimizer then steps with the
-    unchanged gradients. Nothing in it waits for the device.
+    in place, decoupled from the optimizer (paper App. A.6; docs/algorithms.md §3); the optimizer
+    then steps with the unchanged gradients. Nothing in it waits for the device.
 
     A plain loop::
 

@@ -1,4 +1,4 @@
-"""The SAM step, written once for every front end (ALGORITHMS.md §2, §5; STYLE.md §9). Pure torch.
+"""The SAM step (paper Alg. 1), written once for every front end, in pure torch (docs/algorithms.md §7).
 
 One optimizer step over a window of k micro-batches, each with weight w_i in the step's objective
 (w_i = 1/k for a per-micro-batch mean loss)::
@@ -116,7 +116,7 @@ class SAMEngine:
         rho: SAM radius ρ ≥ 0; 0 means plain training.
         adaptive: ASAM's ε = ρ T² g/‖T g‖.
         m: m-sharpness chunk size, or ``None`` for one ε per optimizer step.
-        perturbation: ``"sam"`` or ``"functional"`` (Functional-SAM, ALGORITHMS.md §5).
+        perturbation: ``"sam"`` or ``"functional"`` (Functional-SAM, docs/algorithms.md §5).
         precondition: ``None`` or ``"adam"`` (ε ∝ P g with the base Adam's preconditioner).
         all_reduce: Sums a list of tensors over processes (used when ``world_size > 1``).
     """

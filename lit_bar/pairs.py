@@ -1,4 +1,4 @@
-"""Scale-invariant factor pairs and their balancedness (paper Sec. 2.2; ALGORITHMS.md §1).
+"""Scale-invariant factor pairs and their balancedness (paper Sec. 2.2 and Theorem 1; docs/algorithms.md §1).
 
 A *pair* (x, y) is two parameter tensors on which the loss depends only through a product that
 is unchanged by (c·x, y/c). For peft LoRA, ``ΔW = s·B·A``: ``x = lora_A`` and ``y = lora_B``, so a
@@ -59,7 +59,7 @@ class FactorPair:
 
 
 def balancedness(pairs: Sequence[FactorPair]) -> torch.Tensor:
-    """Return ``½(‖x‖²_F − ‖y‖²_F)`` for every pair, as one 1-D tensor (ALGORITHMS.md §1).
+    """Return ``½(‖x‖²_F − ‖y‖²_F)`` for every pair, as one 1-D tensor (docs/algorithms.md §1).
 
     The norms are taken with ``torch._foreach_norm``: one kernel launch per list, not one per pair.
     """

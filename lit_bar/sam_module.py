@@ -2,7 +2,7 @@
 
 A subclass builds its network in ``__init__`` (passing ``**kwargs`` up) and implements
 ``compute_loss(batch) -> Tensor``; Functional-SAM also needs the split ``compute_outputs(batch)``
-+ ``loss_from_outputs(outputs, batch)``. One optimizer step over k micro-batches (ALGORITHMS.md §2);
++ ``loss_from_outputs(outputs, batch)``. One optimizer step over k micro-batches (docs/algorithms.md §2);
 the first four lines are :class:`lit_bar.engine.SAMEngine` (shared with ``lit_bar.hf.SAMTrainer``),
 this module supplies its loss, the precision plugin's scaling and backward, and DDP's no-sync::
 
@@ -86,7 +86,7 @@ class SAMModule(LightningModule):
             (as :class:`lit_bar.optim.SAM`).
         m: m-sharpness: each chunk of ``m`` examples gets its own ε (Sec. 4, App. C.3); ``None``
             perturbs the whole optimizer-step batch (all micro-batches, all devices) at once.
-        perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM, seed 002: descent gradient
+        perturbation: ``"sam"``, or ``"functional"`` (Functional-SAM, docs/algorithms.md §5: descent gradient
             J_f(w+ε)ᵀ ∂L/∂f(w); needs ``compute_outputs`` and ``loss_from_outputs``).
         precondition: ``None``, or ``"adam"``: ε ∝ P g with Adam's diagonal preconditioner, ‖ε‖ = ρ.
         accumulate_grad_batches: Micro-batches per optimizer step (takes over the Trainer flag);

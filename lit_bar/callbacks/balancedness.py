@@ -3,10 +3,10 @@
 It runs in ``on_before_optimizer_step``, which Lightning calls after the closure, the AMP unscale,
 gradient accumulation and the DDP all-reduce, in automatic optimization and under
 :class:`lit_bar.SAMModule` alike, so the rule sees final gradients. The decoupled update
-(ALGORITHMS.md §3) then changes the factors before the base optimizer steps with unchanged
-gradients. Under fp16 a step that the GradScaler will skip (non-finite gradients) is skipped here
-too, through a 0/1 tensor: no host sync. The rule itself is :class:`lit_bar.bar.BAR`, shared with
-plain loops and :class:`lit_bar.hf.BalancednessTrainerCallback`.
+(paper Alg. 2 and 3; docs/algorithms.md §3) then changes the factors before the base optimizer
+steps with unchanged gradients. Under fp16 a step that the GradScaler will skip (non-finite
+gradients) is skipped here too, through a 0/1 tensor: no host sync. The rule itself is
+:class:`lit_bar.bar.BAR`, shared with plain loops and :class:`lit_bar.hf.BalancednessTrainerCallback`.
 """
 
 from __future__ import annotations

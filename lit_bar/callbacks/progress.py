@@ -16,9 +16,10 @@ After ``fit`` (on a terminal too) one line with the final metrics::
 
     lit-bar: fit done at step 60 in 0:01:23: train/loss=0.5012 val/accuracy=0.8050
 
-What a line shows is what the module logged for the loggers (``trainer.callback_metrics``) and the
-optimizer's learning rate (of each parameter group whose rate differs from the first's), all read
-on logging steps only, where Lightning copies the logged values to the host anyway.
+What a line shows is what the module logged for the loggers (``trainer.callback_metrics``) and,
+unless a ``LearningRateMonitor`` logged it already (``lr-*``), the learning rate the step used (of
+each parameter group whose rate differs from the first's); values are read on logging steps only,
+where Lightning copies the logged values to the host anyway.
 ``configs/defaults.yaml`` puts it in every ``lit-bar`` run (``--trainer.enable_progress_bar false``
 removes it).
 """
@@ -72,6 +73,7 @@ class StepProgressBar(_Bar):
         self.lines = lines
         self._printing = False
         self._start = time.monotonic()
+        self._rates: list[float] = []
         self._printed_step = 0
 
     @override
@@ -109,6 +111,14 @@ class StepProgressBar(_Bar):
         self._printed_step = trainer.global_step  # lines for the optimizer steps taken from here on
 
     @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._printing and trainer.optimizers:  # the rates this batch steps with (host floats)
+            self._rates = [float(group["lr"]) for group in trainer.optimizers[0].param_groups]
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -120,7 +130,8 @@ class StepProgressBar(_Bar):
             step = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
             train = {k: v for k, v in trainer.callback_metrics.items() if not k.startswith(("val", "test"))}
             fields = [step, f"epoch {trainer.current_epoch}", format_metrics(train)]
-            fields += [_learning_rates(trainer), f"elapsed={self._elapsed()}"]
+            rates = "" if any(k.startswith("lr-") for k in train) else _learning_rates(self._rates)
+            fields += [rates, f"elapsed={self._elapsed()}"]
             print(" ".join([PREFIX, *(f for f in fields if f)]), flush=True)
 
     @override
@@ -148,15 +159,12 @@ def trainer_max_epochs(trainer: pl.Trainer) -> int:
     return trainer.max_epochs if trainer.max_epochs is not None else -1
 
 
-def _learning_rates(trainer: pl.Trainer) -> str:
-    """``lr=...`` of the first optimizer's first group, and ``lr<i>=...`` of groups that differ."""
-    if not trainer.optimizers:
+def _learning_rates(rates: list[float]) -> str:
+    """``lr=...`` of the first parameter group, and ``lr<i>=...`` of the groups whose rate differs."""
+    if not rates:
         return ""
-    groups = trainer.optimizers[0].param_groups
-    first = float(groups[0]["lr"])
-    rates = [f"lr={first:.2e}"]
-    rates += [f"lr{i}={float(g['lr']):.2e}" for i, g in enumerate(groups[1:], 1) if float(g["lr"]) != first]
-    return " ".join(rates)
+    shown = [f"lr={rates[0]:.2e}"] + [f"lr{i}={r:.2e}" for i, r in enumerate(rates[1:], 1) if r != rates[0]]
+    return " ".join(shown)
 
 
 def drop_when_bars_are_off(trainer_config: Any) -> None:

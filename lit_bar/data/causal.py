@@ -1,6 +1,6 @@
 """``CandidateDataModule``: prompts and answer candidates for causal-LM scoring and generation (MeZO).
 
-One class serves SST-2, CB, RTE, COPA, ReCoRD and SQuAD; a dataset is a config (ALGORITHMS.md §6)::
+One class serves SST-2, CB, RTE, COPA, ReCoRD and SQuAD; a dataset is a config (docs/algorithms.md §6)::
 
     prompt      = template(row)                          "{sentence} It was"
     candidates  = candidates                             [" terrible", " great"]     (label words)

@@ -1,7 +1,7 @@
 """Seeded, disjoint sampling of train / validation / test rows from the splits a dataset has.
 
 MeZO's protocol draws train and dev from the original train split and test from the original
-validation split (ALGORITHMS.md §6: 1000 / 500 / 1000). Roles drawn from the same source split
+validation split (docs/algorithms.md §6: 1000 / 500 / 1000). Roles drawn from the same source split
 take consecutive slices of one seeded permutation of it, so they never share a row.
 """
 

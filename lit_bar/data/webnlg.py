@@ -1,4 +1,4 @@
-"""``WebNLGDataModule``: linearised RDF triples → text (WebNLG 2017, paper Table 5; ALGORITHMS.md §6).
+"""``WebNLGDataModule``: linearised RDF triples → text (WebNLG 2017, paper Table 5; docs/algorithms.md §6).
 
 Rows are one reference text each: ``category``, ``eid``, ``triples`` (a list of
 ``"subject | predicate | object"``), ``text`` — the schema of ``../shared/data/webnlg``. The input

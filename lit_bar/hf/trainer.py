@@ -56,7 +56,7 @@ LOG_NAMES = {"grad_norm": "ascent_grad_norm", "sharpness": "sharpness"}
 
 
 class SAMTrainer(Trainer):
-    """A ``transformers.Trainer`` whose training step is SAM (ALGORITHMS.md §2, §5).
+    """A ``transformers.Trainer`` whose training step is SAM (paper Alg. 1; docs/algorithms.md §2, §5).
 
     Args:
         *args: The ``Trainer``'s arguments (model, args, datasets, collator, ...).

@@ -1,4 +1,4 @@
-"""Functional-SAM for plain PyTorch loops, on top of :class:`lit_bar.optim.SAM` (seed 002, ALGORITHMS.md §5).
+"""Functional-SAM for plain PyTorch loops, on top of :class:`lit_bar.optim.SAM` (docs/algorithms.md §5).
 
 SAM descends with ∇L(w + ε). Functional-SAM keeps SAM's ε but descends with the vector–Jacobian
 product of the network's outputs at the perturbed point and the *clean, detached* gradient of the

@@ -1,4 +1,4 @@
-"""SAM's ascent step ε, in its plain, adaptive and preconditioned forms (ALGORITHMS.md §2, §5).
+"""SAM's ascent step ε: plain, adaptive, preconditioned (paper Alg. 1; docs/algorithms.md §2, §5).
 
     SAM (Alg. 1)           ε = ρ · g / ‖g‖
     ASAM (Kwon et al.)     ε = ρ · T² g / ‖T g‖,  T = diag(|w|) on weight matrices, T = I on

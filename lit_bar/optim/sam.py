@@ -1,7 +1,7 @@
 """SAM as a ``torch.optim.Optimizer`` wrapper for plain PyTorch loops (Alg. 1, Foret et al. 2021).
 
     loss_fn(model(x)).backward()
-    opt.first_step(zero_grad=True)      # w ← w + ε,  ε = ρ g/‖g‖   (ALGORITHMS.md §2)
+    opt.first_step(zero_grad=True)      # w ← w + ε,  ε = ρ g/‖g‖   (paper Alg. 1; docs/algorithms.md §2)
     loss_fn(model(x)).backward()        # g̃ = ∇L(w + ε), same batch
     opt.second_step(zero_grad=True)     # w ← saved w, then the base optimizer steps with g̃
 
@@ -53,7 +53,7 @@ class SAM(Optimizer):
         rho: Perturbation radius ρ ≥ 0.
         adaptive: Adaptive SAM (ASAM, Kwon et al. 2021); its useful ρ is about 10× SAM's.
         precondition: ``None``, or ``"adam"`` to precondition ε with the base Adam's second moment
-            (seed 002; needs an Adam/AdamW base).
+            (docs/algorithms.md §5; needs an Adam/AdamW base).
         **kwargs: Passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
     ``param_groups`` is the base optimizer's own list, so LR schedulers built on this optimizer

@@ -1,4 +1,4 @@
-"""Task modules: one ``SAMModule`` subclass per experiment family (paper Sec. 6, ALGORITHMS.md §6).
+"""Task modules: one ``SAMModule`` subclass per experiment family (paper Sec. 6, docs/algorithms.md §6).
 
 Each subclasses :class:`LoRATask` (LoRA+ groups, adapter restore, checkpoints without the frozen
 base) and implements ``compute_outputs`` + ``loss_from_outputs`` (so Functional-SAM works) and works with

@@ -1,6 +1,6 @@
 """``CausalLMTask``: a causal LM (OPT, Llama, ...) + LoRA scoring candidates or generating answers.
 
-The MeZO protocol (Malladi et al. 2023) the paper's Table 3 follows (ALGORITHMS.md §6)::
+The MeZO protocol (Malladi et al. 2023) the paper's Table 3 follows (docs/algorithms.md §6)::
 
     classification   score(c) = mean_t log p(c_t | prompt, c_<t)     over the candidate's tokens
                      prediction = argmax_c score(c)

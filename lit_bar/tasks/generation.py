@@ -1,4 +1,4 @@
-"""``DataToTextGenerator``: GPT-2 + LoRA for data-to-text (WebNLG 2017, paper Table 5; ALGORITHMS.md §6).
+"""``DataToTextGenerator``: GPT-2 + LoRA for data-to-text (WebNLG 2017, paper Table 5; docs/algorithms.md §6).
 
 Training: token-mean cross-entropy with label smoothing 0.1 on the text tokens only (the data
 module sets the prompt's labels to -100). Evaluation: beam search (10 beams, length penalty 0.8,

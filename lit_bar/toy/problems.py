@@ -1,4 +1,4 @@
-"""The paper's two scale-invariant toy problems (App. A.4, Eq. 11 and 12; ALGORITHMS.md §4), pure torch.
+"""The paper's two scale-invariant toy problems (App. A.4, Eq. 11 and 12; docs/algorithms.md §4), pure torch.
 
 - NOP (Eq. 11): x ∈ ℝ^{d₁}, y ∈ ℝ^{d₂},  f = ½‖x yᵀ − (A + α N)‖²_F,  A = u vᵀ,  N fresh each step.
 - OP  (Eq. 12): x, y ∈ ℝ^d,              f = ½(xᵀ y − (a + α n))²,     n ~ N(0, 1) fresh each step.

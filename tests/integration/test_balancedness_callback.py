@@ -57,7 +57,7 @@ def lora_factors(net) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 class HandNBar:
-    """nBAR by hand (ALGORITHMS.md §3): s = +1 if ‖g_x‖ < ‖g_y‖; x ← x − ημs x, y ← y + ημs y."""
+    """nBAR by hand (docs/algorithms.md §3): s = +1 if ‖g_x‖ < ‖g_y‖; x ← x − ημs x, y ← y + ημs y."""
 
     def __init__(self, mu: float = MU) -> None:
         self.mu = mu

@@ -1,7 +1,7 @@
 """One BAR rule, three front ends: a plain loop (``BAR``), Lightning (``BalancednessCallback``) and the
 transformers ``Trainer`` (``BalancednessTrainerCallback``), each against a hand-written loop (§3).
 
-The hand loop (``hand_bar_run``) is a few lines of plain torch written from ALGORITHMS.md §3, sharing
+The hand loop (``hand_bar_run``) is a few lines of plain torch written from docs/algorithms.md §3, sharing
 no code with lit_bar: per pair, s from the norms, then x ← x(1 − η_x μ s), y ← y(1 + η_y μ s) with each
 factor's own group learning rate, then SGD.
 """

@@ -20,7 +20,7 @@ GROUPS = [(0, 0.3, False), (3, 0.6, True)]
 
 
 def hand_group_sam(net, steps, groups, lr=LR):
-    """Plain-torch SAM + SGD with per-group ρ and ASAM flags (ALGORITHMS.md §2)."""
+    """Plain-torch SAM + SGD with per-group ρ and ASAM flags (docs/algorithms.md §2)."""
     members = [(p, rho, adaptive) for layer, rho, adaptive in groups for p in net[layer].parameters()]
     params = [p for p, _, _ in members]
     for x, y in steps:

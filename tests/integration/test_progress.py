@@ -46,12 +46,23 @@ class Regression(LightningModule):
         return torch.optim.SGD(groups, lr=0.01)
 
 
+class Halving(Regression):
+    """The learning rates halve after every optimizer step."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        halve = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": halve, "interval": "step"}}
+
+
 def _loader() -> DataLoader:
     gen = torch.Generator().manual_seed(0)
     return DataLoader(TensorDataset(torch.randn(8, 3, generator=gen), torch.randn(8, 1, generator=gen)), 2)
 
 
-def _fit(tmp_path: Path, bar: ProgressBar, **trainer_kwargs) -> Trainer:
+def _fit(
+    tmp_path: Path, bar: ProgressBar, module: LightningModule | None = None, **trainer_kwargs
+) -> Trainer:
     trainer = Trainer(
         default_root_dir=tmp_path,
         accelerator="cpu",
@@ -61,7 +72,7 @@ def _fit(tmp_path: Path, bar: ProgressBar, **trainer_kwargs) -> Trainer:
         callbacks=[bar],
         **trainer_kwargs,
     )
-    trainer.fit(Regression(), _loader(), _loader())
+    trainer.fit(module or Regression(), _loader(), _loader())
     return trainer
 
 
@@ -111,6 +122,13 @@ def test_one_line_per_logging_step_when_not_a_terminal(tmp_path: Path, capsys: p
         and "val/loss=" in final
     )
     assert not any("\r" in line for line in out)
+
+
+def test_lines_show_the_learning_rate_the_step_used(tmp_path: Path, capsys) -> None:
+    """Step 2 steps with the rates halved once: 0.005 and 0.25 (not step 3's, set after step 2)."""
+    _fit(tmp_path, StepProgressBar(lines=True), Halving(), max_steps=2, max_epochs=-1, log_every_n_steps=2)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lit-bar: step")]
+    assert " lr=5.00e-03 lr1=2.50e-01 " in line, line
 
 
 def test_a_terminal_gets_the_bar_and_the_final_metrics_only(tmp_path: Path, capsys) -> None:

@@ -125,7 +125,7 @@ def hand_toy(problem: str, seen: dict, rho: float, functional: bool) -> tuple[to
 
     L = mean_i ½‖f − (target + α Nᵢ)‖², so ∂L/∂f = R = f − target − α mean(N); g_x = R y and
     g_y = Rᵀ x (NOP) or R x (OP). SAM descends with R at w + ε, Functional-SAM with R at w
-    (ALGORITHMS.md §2, §5), both through the Jacobian at w + ε.
+    (docs/algorithms.md §2, §5), both through the Jacobian at w + ε.
     """
     module = seen["module"]
     target = module.target.double() if problem == "nop" else module.target

@@ -2,7 +2,7 @@
 
 The reference loops (``hand_sam``) are the independent computation the integration tests compare
 ``SAMModule`` and ``BalancednessCallback`` against: a few lines of plain torch per rule, written
-from ALGORITHMS.md §2, §3 and §5, sharing no code with ``lit_bar``.
+from docs/algorithms.md §2, §3 and §5, sharing no code with ``lit_bar``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def hand_epsilon(params, grads, rho, adaptive=False, optimizer=None, precondition=None):
-    """ε of ALGORITHMS.md §2/§5: ρ g/‖g‖, ASAM ρ T²g/‖Tg‖ (T = |w| on matrices), or ρ Pg/‖Pg‖."""
+    """ε of docs/algorithms.md §2/§5: ρ g/‖g‖, ASAM ρ T²g/‖Tg‖ (T = |w| on matrices), or ρ Pg/‖Pg‖."""
     if adaptive:
         scale = [p.detach().abs() if p.ndim >= 2 else torch.ones_like(p) for p in params]
         tg = [s * g for s, g in zip(scale, grads, strict=True)]

@@ -1,4 +1,4 @@
-"""Functional-SAM (seed 002, ALGORITHMS.md §5) against an explicit-Jacobian computation.
+"""Functional-SAM (docs/algorithms.md §5) against an explicit-Jacobian computation.
 
 The reference builds the full Jacobian J_f of a tiny network's outputs with respect to the flat
 parameter vector (``torch.autograd.functional.jacobian``) and forms every gradient as a matrix–vector

@@ -1,4 +1,4 @@
-"""Preconditioned SAM (seed 002, ALGORITHMS.md §5) through ``SAMModule``, and bad-input errors.
+"""Preconditioned SAM (docs/algorithms.md §5) through ``SAMModule``, and bad-input errors.
 
 The module records the weights and Adam's state each time it computes outputs: the ascent pass
 sees w, the descent pass w + ε, so ε = w_descent − w_ascent. The test recomputes, independently,

@@ -1,6 +1,6 @@
 """``lit_bar.optim.SAM`` and ``functional_sam_step`` under ``torch.autocast`` and with a ``GradScaler``.
 
-The references are plain-torch loops written here: SAM (Alg. 1) and Functional-SAM (ALGORITHMS.md
+The references are plain-torch loops written here: SAM (Alg. 1) and Functional-SAM (docs/algorithms.md
 §5) with one autocast region per forward, so no cached low-precision copy of a weight outlives
 the weight's value; and torch's own ``GradScaler`` idiom (``scale → backward → step → update``)
 driving a plain optimizer. CPU autocast: bf16, and fp16 with ``torch.amp.GradScaler("cpu")``.

@@ -1,4 +1,4 @@
-"""``lit_bar.optim.SAM`` in a plain PyTorch loop, against hand-written SAM/ASAM (ALGORITHMS.md §2, §5).
+"""``lit_bar.optim.SAM`` in a plain PyTorch loop, against hand-written SAM/ASAM (docs/algorithms.md §2, §5).
 
 Every expected value comes from a few lines of plain torch in this file (``torch.optim`` is used
 only as the base optimizer, which SAM wraps and does not re-implement).
