@@ -34,9 +34,13 @@ dropout). Gradients are taken with ``torch.autograd.grad``: ``.grad`` is never t
 The radius ρ is absolute, over all trainable tensors together. Its default, 0.05, is SAM's default
 radius (Foret et al.) and the middle of the paper's grid {0.01, 0.05, 0.1, 0.2} (the grid's SAM
 rows train with these radii, so S_max at ρ = 0.05 is the quantity SAM at that radius minimises).
-Over LoRA's parameters it is a small move: the trainable tensors of a rank-8 LoRA on MiniLM-L6 with
-its classifier head have a norm of about 10 (A factors at their Kaiming initialisation), so ρ = 0.05
-changes the loss by first- and second-order amounts without leaving the basin.
+Over LoRA's parameters it is a small move: the trainable tensors of a rank-8 LoRA (query, value) on
+MiniLM-L6 with its classifier and pooler have a norm of about 6.7 at initialisation (A factors at
+their Kaiming initialisation, B = 0), so ρ = 0.05 is under 1 % of it; measured there on SST-2
+(4 batches of 32), S_max = 0.025 ± 0.003 against a loss of 0.69: well resolved, yet local.
+Average sharpness needs a larger radius (``average_rho`` of :func:`measure_sharpness`): random
+directions see the mean curvature tr(H)/d, not the top one, and at ρ = 0.05 the same model gave
+5e-8 ± 3e-8, the float32 resolution of the loss; at ρ = 1 it gave 3e-5 ± 1e-5.
 """
 
 from __future__ import annotations
@@ -183,11 +187,16 @@ def hessian_top_eigenvalue(
 ) -> Estimate:
     """The eigenvalue of ∇²L(w) largest in magnitude, by power iteration on Hessian-vector products.
 
-    v₀ is a unit Gaussian direction (generator seeded with ``seed``); then λ_t = v_tᵀ H v_t and
-    v_{t+1} = H v_t / ‖H v_t‖ (PyHessian, Yao et al. 2020, Alg. 1), H v by double backward through the
-    mean loss over ``batches`` (attention through torch's math kernel, the one with a double backward).
-    Stops after ``iterations`` products, or once |λ_t − λ_{t−1}| ≤
-    ``tolerance`` · |λ_t|; the spread is that last change. Power iteration converges to the eigenvalue
+    v₀ is the unit gradient of the mean loss plus a unit Gaussian direction (generator seeded with
+    ``seed``), normalised: the gradient lies mostly in the top eigenspace of the Hessian (Gur-Ari et
+    al., "Gradient Descent Happens in a Tiny Subspace", 2018), which saves iterations over a random
+    start (LoRA on MiniLM, one batch: within 1 % of the converged value after 3 products instead of
+    7), and the random part reaches every eigenvector however the gradient points (it costs one
+    forward+backward pass per batch). Then λ_t = v_tᵀ H v_t and v_{t+1} = H v_t / ‖H v_t‖
+    (PyHessian, Yao et al. 2020, Alg. 1), H v by double backward through the mean loss over
+    ``batches`` (attention through torch's math kernel, the one with a double backward). Stops after
+    ``iterations`` products, or once |λ_t − λ_{t−1}| ≤ ``tolerance`` · |λ_t|; the spread is that
+    last change. Power iteration converges to the eigenvalue
     of largest magnitude, so a negative value means negative curvature dominates. Cost per iteration:
     one double backward (about two to three forward+backward passes) per batch.
 
@@ -207,7 +216,7 @@ def hessian_top_eigenvalue(
     generator = torch.Generator().manual_seed(seed)
     values: list[float] = []
     with _measuring(params, module):
-        v = _random_direction(params, 1.0, generator)
+        v = _starting_vector(loss_fn, params, batches, generator)
         for _ in range(iterations):
             hv = _mean_hvp(loss_fn, params, batches, v)
             values.append(float(sum(product.sum() for product in torch._foreach_mul(v, hv))))  # vᵀHv
@@ -374,6 +383,18 @@ def _mean_hvp(
             hv = torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True)
             torch._foreach_add_(total, _wide(hv))
     return torch._foreach_div(total, float(len(batches)))
+
+
+def _starting_vector(
+    loss_fn: LossFn, params: list[torch.Tensor], batches: Sequence[Any], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """(ĝ + ẑ) / ‖ĝ + ẑ‖: ĝ the unit gradient of the mean loss (0 if the gradient is), ẑ a unit Gaussian."""
+    grads = [torch.zeros_like(p, dtype=_wide_dtype(p.dtype)) for p in params]
+    for batch in batches:
+        torch._foreach_add_(grads, _wide(_loss_and_grads(loss_fn, params, batch)[1]))
+    unit = torch._foreach_div(grads, _norm(grads).clamp_min(torch.finfo(torch.float32).tiny))
+    start = torch._foreach_add(unit, _random_direction(params, 1.0, generator))
+    return torch._foreach_div(start, _norm(start))
 
 
 def _random_direction(

@@ -85,7 +85,7 @@ class SharpnessMonitor(Callback):
         ascent_steps: int = 1,
         average_rho: float = 1.0,
         directions: int = 6,
-        power_iterations: int = 3,
+        power_iterations: int = 5,
         tolerance: float = 1e-2,
         seed: int = 0,
         after_fit: bool = True,
