@@ -135,7 +135,7 @@ class PreemptionCheckpoint(pl.Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         path = self._folder(trainer) / f"{self.filename.format(step=trainer.global_step)}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved = path
         rank_zero_info(
             f"lit-bar: SIGTERM: stopped at step {trainer.global_step} (epoch {trainer.current_epoch}) and "
@@ -166,6 +166,11 @@ def dead_peer_message(err: BaseException, launcher: Any = None) -> str | None:
             dead.append(f"rank {i} (pid {proc.pid}) {how}")
     if rank != 0 and os.getppid() != _PARENT_PID:
         dead.append(f"its parent process (pid {_PARENT_PID}; rank 0 under Lightning's ddp launcher) is gone")
+    from_backend = isinstance(err, getattr(dist, "DistError", ())) or any(
+        word in str(err) for word in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
+    )
+    if not dead and not from_backend:
+        return None  # an error of this process's own (a bug, bad input): shown as it is
     who = "; ".join(dead) if dead else "another process of this run stopped answering"
     what = " ".join(str(err).strip().splitlines()[:1])[:160]
     return f"rank {rank} of {world}: {who}, so a collective failed and this one stops too ({what})"

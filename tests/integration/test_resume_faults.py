@@ -37,6 +37,7 @@ from lit_bar.cli import main
 
 HERE = Path(__file__).resolve().parent
 FINAL = "step=8.ckpt"  # 2 epochs x 4 batches
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]  # on CPU: gloo
 
 
 class Pause(pl.Callback):
@@ -217,8 +218,7 @@ def test_killing_one_ddp_rank_ends_the_other_with_one_line(runs, tmp_path: Path)
     gradient all-reduce, stops within seconds and says which rank died."""
     paths, _ = runs
     out, log = tmp_path / "run", tmp_path / "ddp.log"
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    proc = _start(_args(paths, out, *ddp, *_pause(tmp_path / "paused", at=3, ranks=(1,))), log)
+    proc = _start(_args(paths, out, *DDP, *_pause(tmp_path / "paused", at=3, ranks=(1,))), log)
     _wait_for([tmp_path / "paused.rank1"], proc, log)
     rank1 = int((tmp_path / "paused.rank1").read_text())
     time.sleep(1.0)  # rank 0 reaches the all-reduce of micro-batch 4
@@ -236,23 +236,37 @@ def test_killing_one_ddp_rank_ends_the_other_with_one_line(runs, tmp_path: Path)
     assert "Traceback" not in text
 
 
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[tuple[Path, Path], Path]:
+    """Tiny data with 4 batches per rank and epoch, and the straight 2-process run's final checkpoint."""
+    base = tmp_path_factory.mktemp("ddp-faults")
+    paths = tiny_sst2(base / "data", train=32, validation=4)
+    straight = _start(_args(paths, base / "straight", *DDP), base / "straight.log")
+    assert straight.wait(timeout=600) == 0, (base / "straight.log").read_text()[-3000:]
+    (final,) = (base / "straight").rglob(FINAL)
+    return paths, final
+
+
 @pytest.mark.slow
-def test_ddp_kill_9_mid_epoch_then_ckpt_path_last_equals_the_straight_run(tmp_path: Path) -> None:
-    """2 processes (gloo), both killed at micro-batch 6 (a node lost), then resumed with
-    ``--ckpt_path last`` on 2 processes. Slow (three 2-process runs); the default suite's
+@pytest.mark.parametrize("stop", ["kill_9_both", "sigterm_rank0"])
+def test_ddp_stopped_mid_epoch_then_ckpt_path_last_equals_the_straight_run(ddp_runs, tmp_path, stop) -> None:
+    """2 processes (gloo), stopped at micro-batch 6: both killed (a node lost), or SIGTERM to rank 0
+    (Lightning forwards it to rank 1; both save ``preempted-step=6.ckpt`` together and exit 143); then
+    resumed with ``--ckpt_path last`` on 2 processes. Slow (2-process runs); the default suite's
     ``test_resume.py::test_ddp_resume_mid_window_equals_the_straight_run`` checks exact DDP resume."""
-    paths = tiny_sst2(tmp_path / "data", train=32, validation=4)  # 4 batches per rank and epoch
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    straight = _start(_args(paths, tmp_path / "straight", *ddp), tmp_path / "straight.log")
-    assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-    out, log = tmp_path / "run", tmp_path / "killed.log"
-    proc = _start(_args(paths, out, *ddp, *_pause(tmp_path / "paused", at=6, ranks=(0, 1))), log)
+    paths, straight = ddp_runs
+    out, log = tmp_path / "run", tmp_path / "stopped.log"
+    proc = _start(_args(paths, out, *DDP, *_pause(tmp_path / "paused", at=6, ranks=(0, 1))), log)
     _wait_for([tmp_path / "paused.rank0", tmp_path / "paused.rank1"], proc, log)
-    for rank in (1, 0):
-        os.kill(int((tmp_path / f"paused.rank{rank}").read_text()), signal.SIGKILL)
-    proc.wait(timeout=60)
-    resumed = _start(_args(paths, out, *ddp, "--ckpt_path", "last"), tmp_path / "resumed.log")
+    if stop == "kill_9_both":
+        for rank in (1, 0):
+            os.kill(int((tmp_path / f"paused.rank{rank}").read_text()), signal.SIGKILL)
+        proc.wait(timeout=60)
+    else:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+        assert "saved a resumable checkpoint" in log.read_text() and "Traceback" not in log.read_text()
+    resumed = _start(_args(paths, out, *DDP, "--ckpt_path", "last"), tmp_path / "resumed.log")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     _, version_1 = _versions(out)
-    (final,) = (tmp_path / "straight").rglob(FINAL)
-    _assert_same_run_state(version_1 / "checkpoints" / FINAL, final)
+    _assert_same_run_state(version_1 / "checkpoints" / FINAL, straight)
