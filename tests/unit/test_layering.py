@@ -2,7 +2,11 @@
 
 The layers, lowest first (:data:`LAYERS`). A module may import modules of its own layer or of a lower
 one, never of a higher one; ``lit_bar`` modules never import each other in a circle; and the
-algorithm and engine layers import no framework (:data:`ALGORITHM_ALLOWED`).
+algorithm and engine layers import only the standard library, torch and typing_extensions
+(:data:`ALGORITHM_ALLOWED`): no lightning, transformers, torchmetrics, datasets or numpy, and peft
+only inside a function of the modules in :data:`PEFT_INSIDE_FUNCTIONS` (to recognise peft's LoRA
+layers), so importing them loads no framework (checked in a fresh interpreter too). Lightning's
+private attributes appear only in ``lit_bar/lightning_compat.py``.
 
 ========== =================================================================================
 layer      what lives there
