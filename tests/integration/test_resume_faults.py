@@ -215,7 +215,12 @@ def test_ckpt_path_last_without_any_checkpoint_says_where_it_looked(
 
 def test_killing_one_ddp_rank_ends_the_other_with_one_line(runs, tmp_path: Path) -> None:
     """2 processes (gloo): rank 1 is held at micro-batch 3 and killed; rank 0, waiting in the next
-    gradient all-reduce, stops within seconds and says which rank died."""
+    gradient all-reduce, stops within seconds, without a traceback, saying which rank died.
+
+    Two things race there: gloo's error in rank 0 (``lit-bar`` catches it and prints its line, exit
+    status 1), and Lightning's child-process observer in rank 0 (every 5 s: it logs ``[rank: 1] Child
+    process with PID ... terminated with code -9`` and SIGKILLs rank 0). Either way one line names
+    rank 1 and its pid; which comes first varies from run to run."""
     paths, _ = runs
     out, log = tmp_path / "run", tmp_path / "ddp.log"
     proc = _start(_args(paths, out, *DDP, *_pause(tmp_path / "paused", at=3, ranks=(1,))), log)
@@ -227,13 +232,13 @@ def test_killing_one_ddp_rank_ends_the_other_with_one_line(runs, tmp_path: Path)
     code = proc.wait(timeout=120)
     took = time.monotonic() - killed
     text = log.read_text()
-    assert code == 1, text[-3000:]
-    assert took < 60, took
-    errors = [line for line in text.splitlines() if line.startswith("lit-bar: error:")]
-    assert len(errors) == 1 and errors[0].startswith(
-        f"lit-bar: error: rank 0 of 2: rank 1 (pid {rank1}) was killed by signal 9, so a collective failed"
-    ), text[-3000:]
-    assert "Traceback" not in text
+    ours = f"lit-bar: error: rank 0 of 2: rank 1 (pid {rank1}) was killed by signal 9, so a collective failed"
+    lightnings = f"[rank: 1] Child process with PID {rank1} terminated with code -9."
+    lines = [line for line in text.splitlines() if line.startswith((ours, lightnings))]
+    assert lines and code in (1, -signal.SIGKILL), (code, text[-3000:])
+    assert code == -signal.SIGKILL or lines[0].startswith(ours)  # exit 1 only through lit-bar's line
+    assert "Traceback" not in text and "lit-bar: error:" not in text.replace(ours, "")
+    assert took < 30, took
 
 
 @pytest.fixture(scope="module")
