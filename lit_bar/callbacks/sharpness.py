@@ -25,6 +25,12 @@ afterwards, and ``.grad`` is not touched, so training is unaffected.
       lit-bar test --config ... --ckpt_path last.ckpt --trainer.callbacks+ SharpnessMonitor
 
   The training split is read through the data module's ``train_dataloader()``.
+
+Cost with the defaults, LoRA on MiniLM-L6, 4 batches of 32 SST-2 sentences (max_length 64), on
+this project's 2-core CPU while shared with other jobs: 85 CPU-seconds (worst-case 17, average 20,
+top eigenvalue 40: one gradient and ≤ 4 Hessian-vector products of ~8 forward passes each), about
+45 s of wall time on an idle 2-core machine. ``measures``, ``num_batches``, ``directions`` and
+``power_iterations`` trade it against precision.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ class SharpnessMonitor(Callback):
         ascent_steps: int = 1,
         average_rho: float = 1.0,
         directions: int = 6,
-        power_iterations: int = 5,
+        power_iterations: int = 4,
         tolerance: float = 1e-2,
         seed: int = 0,
         after_fit: bool = True,
