@@ -28,9 +28,9 @@ afterwards, and ``.grad`` is not touched, so training is unaffected.
 
 Cost with the defaults, LoRA on MiniLM-L6, 4 batches of 32 SST-2 sentences (max_length 64), on
 this project's 2-core CPU while shared with other jobs: 85 CPU-seconds (worst-case 17, average 20,
-top eigenvalue 40: one gradient and ≤ 4 Hessian-vector products of ~8 forward passes each), about
-45 s of wall time on an idle 2-core machine. ``measures``, ``num_batches``, ``directions`` and
-``power_iterations`` trade it against precision.
+top eigenvalue 40: one gradient and ≤ 4 Hessian-vector products of ~8 forward passes each), an
+estimated 45 s of wall time on an idle 2-core machine (CPU-seconds over two threads). ``measures``,
+``num_batches``, ``directions`` and ``power_iterations`` trade it against precision.
 """
 
 from __future__ import annotations
