@@ -17,6 +17,9 @@ package off them):
   values of earlier batches at the start of each ``training_step``, so the loggers receive each
   value once, on the logging step (:func:`lit_bar.steps.is_logging_step`) that logged it.
 
+* :data:`RICH_AVAILABLE`: whether Lightning's rich progress bar can be built (Lightning's own check,
+  ``_RICH_AVAILABLE``), so :class:`lit_bar.callbacks.StepProgressBar` picks the bar Lightning would.
+
 The attributes: ``fit_loop._combined_loader``, ``fit_loop._data_fetcher``,
 ``fit_loop._combined_loader_states_to_load``, ``CombinedLoader._load_state_dicts``, and
 ``trainer._results`` with its ``_ResultMetric._forward_cache``.
@@ -25,8 +28,13 @@ The attributes: ``fit_loop._combined_loader``, ``fit_loop._data_fetcher``,
 from __future__ import annotations
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+#: Lightning's rich progress bar can be built (rich installed, in the version Lightning requires).
+RICH_AVAILABLE = bool(_RICH_AVAILABLE)
 
 __all__ = [
+    "RICH_AVAILABLE",
     "drop_earlier_step_values",
     "has_training_loader",
     "load_dropped_loader_state",

@@ -33,15 +33,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-from lightning_utilities.core.imports import RequirementCache
 from typing_extensions import override
 
+from lit_bar.lightning_compat import RICH_AVAILABLE
 from lit_bar.steps import is_logging_step
 
 __all__ = ["StepProgressBar", "format_metrics"]
 
-_RICH = bool(RequirementCache("rich>=10.2.2"))  # what Lightning itself requires for its rich bar
-_Bar = RichProgressBar if _RICH else TQDMProgressBar
+_Bar = RichProgressBar if RICH_AVAILABLE else TQDMProgressBar
 PREFIX = "lit-bar:"
 
 

@@ -18,8 +18,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_bar.callbacks.progress import _RICH, StepProgressBar
+from lit_bar.callbacks.progress import StepProgressBar
 from lit_bar.cli import run_cli
+from lit_bar.lightning_compat import RICH_AVAILABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def _fit(
     return trainer
 
 
-@pytest.mark.skipif(not _RICH, reason="the Epoch 0/-2 description is the rich bar's")
+@pytest.mark.skipif(not RICH_AVAILABLE, reason="the Epoch 0/-2 description is the rich bar's")
 def test_description_under_max_steps_has_no_minus_two() -> None:
     from lightning.pytorch.callbacks import RichProgressBar
 
