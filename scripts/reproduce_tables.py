@@ -172,9 +172,10 @@ def _search_section(grid, rows: list[dict]) -> tuple[list[str], list[dict]]:
         "| task | method | candidate | dev metric ×100 |",
         "|---|---|---|---|",
     ]
-    for cell in [*search_cells(grid, {}), *search_cells(grid, chosen)]:
-        if cell.method != "lora" and (cell.task, "lora") not in chosen:
-            continue
+    cells = {c.key: c for c in [*search_cells(grid, {}), *search_cells(grid, chosen)]}  # each once
+    for cell in sorted(
+        cells.values(), key=lambda c: ([t.name for t in grid.tasks].index(c.task), c.method != "lora")
+    ):
         value = dev.get(cell.key, {}).get(dev_metric(next(t for t in grid.tasks if t.name == cell.task)))
         text = "—" if value is None else f"{value * 100:.1f}"
         if chosen.get((cell.task, cell.method)) == cell.hparams:
