@@ -187,11 +187,11 @@ GRIDS = {
     "offline-tuned": Grid(
         "offline-tuned",
         "Tuned offline grid: all-MiniLM-L6-v2 + LoRA (r=8) on CPU, 300 steps; SST-2 and STS-B (test "
-        "splits), CoLA (official validation split); lr, ρ, μ and the successors' radii selected on dev",
+        "splits), CB (official validation split); lr, ρ, μ and the successors' radii selected on dev",
         (
             Task("sst2", "configs/offline_tuned/minilm_sst2.yaml", "sst2", _ACC),
             Task("stsb", "configs/offline_tuned/minilm_stsb.yaml", "stsb", "test/pearson"),
-            Task("cola", "configs/offline_tuned/minilm_cola.yaml", "cola", "test/matthews"),
+            Task("cb", "configs/offline_tuned/minilm_cb.yaml", "cb", _ACC),
         ),
         ("lora", "sam", "nbar", "obar", "flatlora", "bilora"),
         (13, 21, 42, 87, 100),
