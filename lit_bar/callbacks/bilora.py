@@ -31,13 +31,11 @@ from typing_extensions import override
 
 from lit_bar.callbacks.flatlora import refuse_combinations
 from lit_bar.engine import all_reduce_sum
-from lit_bar.methods.bilora import BiLoRA
+from lit_bar.methods.bilora import AUX_OPTIMIZERS, BiLoRA, validate_bilora_settings
 from lit_bar.resume import gather_per_rank
 from lit_bar.steps import is_logging_step
 
 __all__ = ["AUX_OPTIMIZERS", "BiLoRACallback"]
-
-AUX_OPTIMIZERS = ("adamw", "sgd")
 
 
 class BiLoRACallback(Callback):
@@ -64,14 +62,7 @@ class BiLoRACallback(Callback):
         seed: int = 0,
         log_norm: bool = True,
     ) -> None:
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not rho > 0:
-            raise ValueError(f"BiLoRACallback rho (the perturbation radius) must be > 0, got {rho!r}")
-        if aux_lr is not None and not (isinstance(aux_lr, int | float) and aux_lr > 0):
-            raise ValueError(f"aux_lr must be > 0 or None (the base optimizer's lr), got {aux_lr!r}")
-        if aux_optimizer not in AUX_OPTIMIZERS:
-            raise ValueError(f"unknown aux_optimizer {aux_optimizer!r}; allowed: {', '.join(AUX_OPTIMIZERS)}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be an int >= 1 or None (the primary's rank), got {rank!r}")
+        validate_bilora_settings("BiLoRACallback", rho, aux_lr, aux_optimizer, rank)
         self.rho, self.aux_lr, self.aux_optimizer, self.rank = rho, aux_lr, aux_optimizer, rank
         self.seed, self.log_norm = seed, log_norm
         self.bilora: BiLoRA | None = None

@@ -34,7 +34,7 @@ from transformers.utils import logging
 from typing_extensions import override
 
 from lit_bar.engine import all_reduce_sum
-from lit_bar.methods.bilora import BiLoRA
+from lit_bar.methods.bilora import BiLoRA, validate_bilora_settings
 from lit_bar.methods.flatlora import FlatLoRA, validate_flat_settings
 
 __all__ = ["BiLoRATrainerCallback", "FlatLoRATrainerCallback"]
@@ -125,14 +125,7 @@ class BiLoRATrainerCallback(TrainerCallback):
         rank: int | None = None,
         seed: int = 0,
     ) -> None:
-        from lit_bar.callbacks.bilora import AUX_OPTIMIZERS  # the same checks as the Lightning callback
-
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not rho > 0:
-            raise ValueError(f"BiLoRATrainerCallback rho (the perturbation radius) must be > 0, got {rho!r}")
-        if aux_lr is not None and not (isinstance(aux_lr, int | float) and aux_lr > 0):
-            raise ValueError(f"aux_lr must be > 0 or None (args.learning_rate), got {aux_lr!r}")
-        if aux_optimizer not in AUX_OPTIMIZERS:
-            raise ValueError(f"unknown aux_optimizer {aux_optimizer!r}; allowed: {', '.join(AUX_OPTIMIZERS)}")
+        validate_bilora_settings("BiLoRATrainerCallback", rho, aux_lr, aux_optimizer, rank)
         self.rho, self.aux_lr, self.aux_optimizer, self.rank, self.seed = (
             rho,
             aux_lr,

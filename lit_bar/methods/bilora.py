@@ -47,7 +47,26 @@ from torch import nn
 
 from lit_bar.methods.flatlora import LoraLayerView, lora_layers
 
-__all__ = ["BiLoRA"]
+__all__ = ["AUX_OPTIMIZERS", "BiLoRA", "validate_bilora_settings"]
+
+#: The auxiliary pair's optimizers: AdamW with ``maximize=True`` (default) or plain SGD ascent (Eq. 9).
+AUX_OPTIMIZERS = ("adamw", "sgd")
+
+
+def validate_bilora_settings(
+    owner: str, rho: float, aux_lr: float | None, aux_optimizer: str, rank: int | None
+) -> None:
+    """The checks every Bi-LoRA front end makes of its settings (``ValueError`` naming the bad value)."""
+    if isinstance(rho, bool) or not isinstance(rho, int | float) or not rho > 0:
+        raise ValueError(f"{owner} rho (the perturbation radius) must be > 0, got {rho!r}")
+    if aux_lr is not None and (
+        isinstance(aux_lr, bool) or not isinstance(aux_lr, int | float) or not aux_lr > 0
+    ):
+        raise ValueError(f"aux_lr must be > 0 or None (the base learning rate), got {aux_lr!r}")
+    if aux_optimizer not in AUX_OPTIMIZERS:
+        raise ValueError(f"unknown aux_optimizer {aux_optimizer!r}; allowed: {', '.join(AUX_OPTIMIZERS)}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be an int >= 1 or None (the primary's rank), got {rank!r}")
 
 
 class BiLoRA:
