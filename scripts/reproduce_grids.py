@@ -231,17 +231,22 @@ def dev_metric(task: Task) -> str:
 
 def search_cells(grid: Grid, chosen: dict[tuple[str, str], tuple]) -> list[Cell]:
     """The search's cells: LoRA's learning rates when ``chosen`` has no rate for a task yet, else every
-    other method's candidates at the chosen rate."""
+    other method's candidates at the chosen rate.
+
+    Method-major (every task's SAM candidates, then nBAR's, ...), so that an interrupted search has
+    finished whole methods."""
     search, cells = grid.search, []
-    for t in grid.tasks:
-        lr = chosen.get((t.name, "lora"))
-        if lr is None:
-            cells += [Cell(t.name, "lora", search.seed, t.config, t.data, (("lr", v),)) for v in search.lrs]
-            continue
-        for method in grid.methods[1:]:
-            cells += [
-                Cell(t.name, method, search.seed, t.config, t.data, (*lr, *hp)) for hp in search.space(method)
-            ]
+    pending = [t for t in grid.tasks if (t.name, "lora") not in chosen]
+    for t in pending:
+        cells += [Cell(t.name, "lora", search.seed, t.config, t.data, (("lr", v),)) for v in search.lrs]
+    for method in grid.methods[1:]:
+        for t in grid.tasks:
+            if t not in pending:
+                lr = chosen[(t.name, "lora")]
+                cells += [
+                    Cell(t.name, method, search.seed, t.config, t.data, (*lr, *hp))
+                    for hp in search.space(method)
+                ]
     return cells
 
 
