@@ -20,6 +20,8 @@ front ends Lightning (``SAMModule``, callbacks), transformers (``lit_bar.hf``)
 tasks      the task modules, data modules and toy problems built on the front ends
 artifacts  what a run leaves behind (``lit_bar.export``, the ``AdapterExport`` callback)
 entry      the package facades (``lit_bar``, ``lit_bar.callbacks``) and the ``lit-bar`` command
+experiments grids, tables, figures, benchmark rows and studies (``lit_bar.experiments``), which
+           ``scripts/`` call
 ========== =================================================================================
 
 "Import" means every ``import`` / ``from ... import`` anywhere in the file (module top, inside a
@@ -58,6 +60,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lit_bar.step_utils",
             "lit_bar.syncs",
             "lit_bar.sharpness",
+            "lit_bar.sharpness.*",
         ],
     ),
     ("engine", ["lit_bar.engine"]),
@@ -89,6 +92,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("artifacts", ["lit_bar.export", "lit_bar.callbacks.export"]),
     ("entry", ["lit_bar", "lit_bar.callbacks", "lit_bar.cli", "lit_bar.console"]),
+    ("experiments", ["lit_bar.experiments", "lit_bar.experiments.*"]),
 ]
 
 #: The layers whose modules import no framework.
