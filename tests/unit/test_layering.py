@@ -8,21 +8,21 @@ only inside a function of the modules in :data:`PEFT_INSIDE_FUNCTIONS` (to recog
 layers), so importing them loads no framework (checked in a fresh interpreter too). Lightning's
 private attributes appear only in ``lit_bar/lightning_compat.py``.
 
-========== =================================================================================
-layer      what lives there
-========== =================================================================================
-algorithms the update rules and their measurements in plain torch (pairs, BAR, SAM optimizers,
-           Flat-LoRA / Bi-LoRA, the step's pieces, sync counting, sharpness)
-engine     the SAM step, with the framework passed in (``lit_bar.engine``)
-support    helpers any front end may use: run length, resume state, checkpoint files, the one
-           home of Lightning's private attributes, schedules, hub access, GPT-2 q/k/v surgery
-front ends Lightning (``SAMModule``, callbacks), transformers (``lit_bar.hf``)
-tasks      the task modules, data modules and toy problems built on the front ends
-artifacts  what a run leaves behind (``lit_bar.export``, the ``AdapterExport`` callback)
-entry      the package facades (``lit_bar``, ``lit_bar.callbacks``) and the ``lit-bar`` command
+=========== =================================================================================
+layer       what lives there
+=========== =================================================================================
+algorithms  the update rules and their measurements in plain torch (pairs, BAR, SAM optimizers,
+            Flat-LoRA / Bi-LoRA, the step's pieces, sync counting, sharpness)
+engine      the SAM step, with the framework passed in (``lit_bar.engine``)
+support     helpers any front end may use: run length, resume state, checkpoint files, the one
+            home of Lightning's private attributes, schedules, hub access, GPT-2 q/k/v surgery
+front ends  Lightning (``SAMModule``, callbacks), transformers (``lit_bar.hf``)
+tasks       the task modules, data modules and toy problems built on the front ends
+artifacts   what a run leaves behind (``lit_bar.export``, the ``AdapterExport`` callback)
+entry       the package facades (``lit_bar``, ``lit_bar.callbacks``) and the ``lit-bar`` command
 experiments grids, tables, figures, benchmark rows and studies (``lit_bar.experiments``), which
-           ``scripts/`` call
-========== =================================================================================
+            ``scripts/`` call
+=========== =================================================================================
 
 "Import" means every ``import`` / ``from ... import`` anywhere in the file (module top, inside a
 function, under ``if TYPE_CHECKING``), relative ones resolved, plus string constants that name a
