@@ -1,73 +1,33 @@
-"""How sharp a trained model is: worst-case and average sharpness, and the Hessian's top eigenvalue.
+"""The three sharpness measures: worst-case, average, and the Hessian's top eigenvalue.
 
-Pure torch (no Lightning): a loss function ``loss_fn(batch) -> Tensor`` (the mean loss of one batch),
-the trainable tensors ``params`` (w, d numbers in all) and a list of batches. L_B is the loss of batch
-B, L the mean of L_B over the batches, ‖·‖ the L2 norm over all of ``params`` together::
-
-    worst-case  S_max = mean_B [ max_{‖ε‖ ≤ ρ} L_B(w + ε) − L_B(w) ]     (:func:`worst_case_sharpness`)
-    average     S_avg = E_δ L(w + δ) − L(w),  δ uniform on the sphere ‖δ‖ = ρ  (:func:`average_sharpness`)
-    Hessian     λ_top = the eigenvalue of ∇²L(w) largest in magnitude        (:func:`hessian_top_eigenvalue`)
-
-* Worst-case sharpness is the inner maximum of SAM's objective (Foret et al., "Sharpness-Aware
-  Minimization for Efficiently Improving Generalization", ICLR 2021, Eq. 1), taken per batch as
-  its m-sharpness (Sec. 4) and as Andriushchenko et al. measure it ("A Modern Look at the
-  Relationship between Sharpness and Generalization", ICML 2023, Sec. 2: the expectation over
-  batches of the per-batch maximum). It descends from Keskar et al.'s sharpness ("On Large-Batch
-  Training for Deep Learning: Generalization Gap and Sharp Minima", ICLR 2017, Metric 2.1), which
-  maximises over a box instead of a ball. The maximum is estimated from below by k projected,
-  normalised ascent steps ε ← Π_ρ(ε + ρ g/‖g‖); k = 1 gives SAM's ε̂ = ρ g/‖g‖ (Foret et al.,
-  Eq. 2). Andriushchenko et al. use Auto-PGD; any feasible ε gives a lower bound, and the best
-  iterate is kept.
-* Average sharpness is Andriushchenko et al.'s average-case sharpness (Sec. 2) with directions
-  uniform on the ρ-sphere (they draw Gaussians; on the sphere the radius is exactly ρ). For a
-  quadratic it is ρ² tr(H) / (2d). Directions come in antithetic pairs ±δ, whose mean
-  ½(L(w + δ) + L(w − δ)) − L(w) has the same expectation and no first-order term.
-* The top eigenvalue is found by power iteration on Hessian-vector products (double backward), as
-  PyHessian does (Yao et al., "PyHessian: Neural Networks Through the Lens of the Hessian", IEEE
-  BigData 2020, Alg. 1); v_{t+1} = Hv_t / ‖Hv_t‖ and λ_t = v_tᵀ H v_t.
-
-Each function returns an :class:`Estimate` (value, spread, samples) and leaves the weights bitwise
-as they were, the RNG states (CPU and the parameters' CUDA devices) as they were and, when given the
-``module``, every submodule's train/eval mode as it was (measurements run in eval mode: no
-dropout). Gradients are taken with ``torch.autograd.grad``: ``.grad`` is never touched.
-
-The radius ρ is absolute, over all trainable tensors together. Its default, 0.05, is SAM's default
-radius (Foret et al.) and the middle of the paper's grid {0.01, 0.05, 0.1, 0.2} (the grid's SAM
-rows train with these radii, so S_max at ρ = 0.05 is the quantity SAM at that radius minimises).
-Over LoRA's parameters it is a small move: the trainable tensors of a rank-8 LoRA (query, value) on
-MiniLM-L6 with its classifier and pooler have a norm of about 6.7 at initialisation (A factors at
-their Kaiming initialisation, B = 0), so ρ = 0.05 is under 1 % of it; measured there on SST-2
-(4 batches of 32), S_max = 0.025 ± 0.003 against a loss of 0.69: well resolved, yet local.
-Average sharpness needs a larger radius (``average_rho`` of :func:`measure_sharpness`): random
-directions see the mean curvature tr(H)/d, not the top one, and at ρ = 0.05 the same model gave
-5e-8 ± 3e-8, the float32 resolution of the loss; at ρ = 1 it gave 3e-5 ± 1e-5.
+The formulas, their sources and the choice of radius are in :mod:`lit_bar.sharpness`; the vector
+arithmetic over the trainable tensors is in :mod:`lit_bar.sharpness.vectors`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = [
-    "DEFAULT_RHO",
-    "MEASURES",
-    "Estimate",
-    "average_sharpness",
-    "hessian_top_eigenvalue",
-    "measure_sharpness",
-    "worst_case_sharpness",
-]
+from lit_bar.sharpness.vectors import (
+    LossFn,
+    ascend,
+    loss_and_grads,
+    mean_hvp,
+    mean_loss,
+    norm,
+    random_direction,
+    set_weights,
+    starting_vector,
+)
 
 DEFAULT_RHO = 0.05
 MEASURES = ("worst", "average", "hessian_top")
-
-LossFn = Callable[[Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -119,10 +79,10 @@ def worst_case_sharpness(
             eps = [torch.zeros_like(s) for s in saved]
             base = best = None
             for i in range(steps + 1):
-                _set(params, saved, eps)
+                set_weights(params, saved, eps)
                 if i < steps:
-                    loss, grads = _loss_and_grads(loss_fn, params, batch)
-                    eps = _ascend(eps, grads, rho)
+                    loss, grads = loss_and_grads(loss_fn, params, batch)
+                    eps = ascend(eps, grads, rho)
                 else:
                     with torch.no_grad():
                         loss = loss_fn(batch).detach()
@@ -164,14 +124,14 @@ def average_sharpness(
     generator = torch.Generator().manual_seed(seed)
     samples = []
     with _measuring(params, module) as saved, torch.no_grad():
-        _set(params, saved, [torch.zeros_like(s) for s in saved])
-        base = _mean_loss(loss_fn, batches)
+        set_weights(params, saved, [torch.zeros_like(s) for s in saved])
+        base = mean_loss(loss_fn, batches)
         for _ in range(directions):
-            delta = _random_direction(saved, rho, generator)
-            _set(params, saved, delta)
-            plus = _mean_loss(loss_fn, batches)
-            _set(params, saved, torch._foreach_neg(delta))
-            minus = _mean_loss(loss_fn, batches)
+            delta = random_direction(saved, rho, generator)
+            set_weights(params, saved, delta)
+            plus = mean_loss(loss_fn, batches)
+            set_weights(params, saved, torch._foreach_neg(delta))
+            minus = mean_loss(loss_fn, batches)
             samples.append((float(plus) + float(minus)) / 2 - float(base))
     return _mean_estimate(samples)
 
@@ -216,14 +176,14 @@ def hessian_top_eigenvalue(
     generator = torch.Generator().manual_seed(seed)
     values: list[float] = []
     with _measuring(params, module):
-        v = _starting_vector(loss_fn, params, batches, generator)
+        v = starting_vector(loss_fn, params, batches, generator)
         for _ in range(iterations):
-            hv = _mean_hvp(loss_fn, params, batches, v)
+            hv = mean_hvp(loss_fn, params, batches, v)
             values.append(float(sum(product.sum() for product in torch._foreach_mul(v, hv))))  # vᵀHv
-            norm = float(_norm(hv))
-            if norm == 0 or not math.isfinite(norm):
+            hv_norm = float(norm(hv))
+            if hv_norm == 0 or not math.isfinite(hv_norm):
                 break
-            v = torch._foreach_div(hv, norm)
+            v = torch._foreach_div(hv, hv_norm)
             if len(values) > 1 and abs(values[-1] - values[-2]) <= tolerance * abs(values[-1]):
                 break
     spread = abs(values[-1] - values[-2]) if len(values) > 1 else math.nan
@@ -324,87 +284,6 @@ def _measuring(params: list[torch.Tensor], module: torch.nn.Module | None) -> It
             torch._foreach_copy_(params, saved)
         for m, training in modes:
             m.training = training
-
-
-def _set(params: list[torch.Tensor], saved: list[torch.Tensor], offset: list[torch.Tensor]) -> None:
-    """w ← saved + offset (from the saved copy each time, so no rounding accumulates)."""
-    with torch.no_grad():
-        offset = [o.to(s.dtype) for o, s in zip(offset, saved, strict=True)]
-        torch._foreach_copy_(params, torch._foreach_add(saved, offset))
-
-
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    norms = torch._foreach_norm(_wide(tensors))
-    dtype = _wide_dtype(*(n.dtype for n in norms))
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, dtype) for n in norms]))
-
-
-def _wide_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float32, or float64 if any of ``dtypes`` is: half precision is never worked in."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _wide(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [t.to(_wide_dtype(t.dtype)) for t in tensors]
-
-
-def _loss_and_grads(loss_fn: LossFn, params: list[torch.Tensor], batch: Any) -> tuple[torch.Tensor, list]:
-    loss = loss_fn(batch)
-    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-    return loss.detach(), list(grads)
-
-
-def _ascend(eps: list[torch.Tensor], grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
-    """Π_ρ(ε + ρ g / ‖g‖); a zero gradient leaves ε as it is."""
-    grads = _wide(grads)
-    step = rho / _norm(grads).clamp_min(torch.finfo(torch.float32).tiny)
-    moved = torch._foreach_add(_wide(eps), torch._foreach_mul(grads, step))
-    shrink = (rho / _norm(moved)).clamp(max=1.0)  # ‖ε‖ = 0 gives inf, clamped to 1
-    return torch._foreach_mul(moved, shrink)
-
-
-def _mean_loss(loss_fn: LossFn, batches: Sequence[Any]) -> torch.Tensor:
-    return sum(loss_fn(b).detach().double() for b in batches) / len(batches)
-
-
-def _mean_hvp(
-    loss_fn: LossFn, params: list[torch.Tensor], batches: Sequence[Any], v: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """H v of the mean loss over ``batches`` (one double backward per batch)."""
-    total = [torch.zeros_like(p, dtype=_wide_dtype(p.dtype)) for p in params]
-    for batch in batches:
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
-            loss = loss_fn(batch)
-        grads = torch.autograd.grad(
-            loss, params, create_graph=True, allow_unused=True, materialize_grads=True
-        )
-        dot = sum((g * vi.to(g.dtype)).sum() for g, vi in zip(grads, v, strict=True))
-        if dot.requires_grad:  # else the gradient does not depend on w: H = 0
-            hv = torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True)
-            torch._foreach_add_(total, _wide(hv))
-    return torch._foreach_div(total, float(len(batches)))
-
-
-def _starting_vector(
-    loss_fn: LossFn, params: list[torch.Tensor], batches: Sequence[Any], generator: torch.Generator
-) -> list[torch.Tensor]:
-    """(ĝ + ẑ) / ‖ĝ + ẑ‖: ĝ the unit gradient of the mean loss (0 if the gradient is), ẑ a unit Gaussian."""
-    grads = [torch.zeros_like(p, dtype=_wide_dtype(p.dtype)) for p in params]
-    for batch in batches:
-        torch._foreach_add_(grads, _wide(_loss_and_grads(loss_fn, params, batch)[1]))
-    unit = torch._foreach_div(grads, _norm(grads).clamp_min(torch.finfo(torch.float32).tiny))
-    start = torch._foreach_add(unit, _random_direction(params, 1.0, generator))
-    return torch._foreach_div(start, _norm(start))
-
-
-def _random_direction(
-    like: list[torch.Tensor], radius: float, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """ρ z / ‖z‖, z ~ N(0, I) drawn on the CPU (the same on every device), on ``like``'s devices, in
-    float32 (float64 for float64 tensors)."""
-    z = [torch.randn(t.shape, generator=generator, dtype=_wide_dtype(t.dtype)) for t in like]
-    scale = radius / _norm(z)
-    return [(zi * scale).to(t.device) for zi, t in zip(z, like, strict=True)]
 
 
 def _mean_estimate(samples: list[float]) -> Estimate:
