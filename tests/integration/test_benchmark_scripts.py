@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"lit_bar_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_smoke_writes_every_row_ratio_and_memory(tmp_path: Path) -> None:
@@ -59,14 +49,16 @@ def test_benchmark_smoke_writes_every_row_ratio_and_memory(tmp_path: Path) -> No
 def test_benchmark_refuses_bad_arguments_by_name(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = load("benchmark_step")
+    from lit_bar.experiments.benchmark import cli as bench
+
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_benchmark_ratio_interval_and_verdicts() -> None:
-    bench = load("benchmark_step")
+    from lit_bar.experiments.benchmark import report as bench
+
     a = [[2.0, 2.2], [3.0], [2.0], [4.0], [2.1]]
     b = [[1.0], [1.0], [1.0], [2.0], [1.0]]
     stats = bench.ratio_stats(a, b)
@@ -79,7 +71,8 @@ def test_benchmark_ratio_interval_and_verdicts() -> None:
 
 
 def test_overparam_t_interval_matches_the_t_table() -> None:
-    study = load("overparam_study")
+    from lit_bar.experiments import stats as study
+
     # two-sided 95 % t quantiles (any statistics table); the normal 1.96 would miss all but the last
     for df, quantile in [(1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (39, 2.023)]:
         assert study.t_quantile_975(df) == pytest.approx(quantile, abs=0.004)
@@ -91,7 +84,8 @@ def test_overparam_t_interval_matches_the_t_table() -> None:
 
 
 def test_overparam_resumes_without_rerunning_finished_runs(tmp_path: Path) -> None:
-    study = load("overparam_study")
+    from lit_bar.experiments.overparam import results as study
+
     done = {
         "part": "mlp_width",
         "params": 0,

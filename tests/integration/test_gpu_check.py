@@ -7,15 +7,10 @@ says "CPU"); the fp16 skip-step check runs on CPU too when asked (``--fp16-skip-
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def test_gpu_check_tiny_runs_on_cpu_and_charges_no_sync_to_lit_bar(tmp_path, monkeypatch, capsys):
-    import gpu_check
+    from lit_bar.experiments import gpu_check
 
     monkeypatch.setattr("sys.argv", ["gpu_check.py"])
     out = tmp_path / "check.json"

