@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lit_bar.pairs import FactorPair, module_pairs
+from lit_bar.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
     "BAR",
@@ -104,18 +105,24 @@ def bar_signs(mode: str, pairs: Sequence[FactorPair]) -> torch.Tensor:
     if not pairs:
         raise ValueError("bar_signs() needs at least one FactorPair, got an empty sequence")
     if mode == "obar":
-        left = torch._foreach_norm([p.x.detach() for p in pairs])
-        right = torch._foreach_norm([p.y.detach() for p in pairs])
-        return torch.where(torch.stack(right) < torch.stack(left), 1.0, -1.0)  # ‖x‖ > ‖y‖
-    gx = [_grad_or_zero(p.x) for p in pairs]
-    gy = [_grad_or_zero(p.y) for p in pairs]
-    nx = torch.stack(torch._foreach_norm(gx)).float()
-    ny = torch.stack(torch._foreach_norm(gy)).float()
+        left, right = [p.x.detach() for p in pairs], [p.y.detach() for p in pairs]
+    else:
+        left, right = [_grad_or_zero(p.x) for p in pairs], [_grad_or_zero(p.y) for p in pairs]
+    group = shard_group([*left, *right])
+    if group is None:
+        nx, ny = torch.stack(torch._foreach_norm(left)), torch.stack(torch._foreach_norm(right))
+        if mode == "nbar":
+            nx, ny = nx.float(), ny.float()
+    else:  # FSDP2: every slice's squared norm, summed over the processes in one all-reduce
+        squares = torch.stack(torch._foreach_norm([local(t) for t in [*left, *right]])).double().square()
+        nx, ny = global_norm_squares(squares, group).sqrt().float().split(len(pairs))
+    if mode == "obar":
+        return torch.where(ny < nx, 1.0, -1.0)  # ‖x‖ > ‖y‖
     return torch.where(nx < ny, 1.0, -1.0)  # ‖g_x‖ < ‖g_y‖
 
 
 def _grad_or_zero(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.grad if tensor.grad is not None else torch.zeros((), device=tensor.device)
+    return tensor.grad if tensor.grad is not None else torch.zeros((), device=local(tensor).device)
 
 
 @torch.no_grad()
@@ -162,8 +169,8 @@ def apply_bar(
         torch._foreach_mul_(coeff_y, keep)
     shrink = torch._foreach_add(torch._foreach_neg(coeff_x), 1.0)
     grow = torch._foreach_add(coeff_y, 1.0)
-    torch._foreach_mul_([p.x for p in pairs], shrink)
-    torch._foreach_mul_([p.y for p in pairs], grow)
+    torch._foreach_mul_([local(p.x) for p in pairs], shrink)  # FSDP2: each process scales its slices
+    torch._foreach_mul_([local(p.y) for p in pairs], grow)
     return torch.stack(coeff_x)
 
 

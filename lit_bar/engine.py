@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_map
 
 from lit_bar.optim.perturbation import global_norm, sam_perturbation, validate_precondition
 from lit_bar.optim.sam import validate_rho
+from lit_bar.sharded import local, shard_group
 from lit_bar.step_utils import batch_size, frozen_batchnorm, is_batched, rng_state, set_rng_state
 
 __all__ = ["PERTURBATIONS", "FrontEnd", "SAMEngine", "all_reduce_sum"]
@@ -189,8 +190,19 @@ class SAMEngine:
         """
         self._logging = logging  # what the window's last micro-batch says decides
         settings = self.settings(params)
+        sharded = settings.sam and shard_group(settings.params) is not None
+        if sharded and self.m is not None:
+            raise ValueError(
+                f"m={self.m} (m-sharpness) under sharded training (FSDP2): a chunk's own ε needs its own "
+                "gradient, which FSDP2 only gives through a full backward with a reduce-scatter per "
+                "chunk; use m=None (one ε per optimizer step), or --trainer.strategy ddp"
+            )
         if not settings.sam:
             loss = self._plain(front, batch, weight, last)
+        elif sharded:
+            loss = self._ascend_by_backward(front, batch, weight)
+            if last:
+                self._descend_window(front, settings, optimizer, module, sharded=True)
         elif self.m is not None:
             loss = self._chunked(front, batch, settings, weight, last, optimizer, module, mean_loss)
         else:
@@ -318,18 +330,51 @@ class SAMEngine:
         self._add("clean", loss * weight)
         return loss
 
+    def _ascend_by_backward(self, front: FrontEnd, batch: Any, weight: float) -> torch.Tensor:
+        """The ascent pass under FSDP2, through ``backward``: ``autograd.grad`` cannot differentiate
+        with respect to sharded parameters. Each micro-batch's backward reduce-scatters its
+        gradient (FSDP2 averages over processes) and adds the shard to ``.grad``, where the window's
+        ascent gradient builds up until :meth:`_descend_window` takes it out. A raw backward, not
+        the front end's: no framework hook fires on the ascent (as with ``autograd.grad``).
+
+        Reduce-scattering every micro-batch (instead of holding unsharded gradients with
+        ``set_requires_gradient_sync(False)``) costs one reduce-scatter of the trainable gradients
+        per micro-batch, small for LoRA, and keeps every state between micro-batches sharded.
+        """
+        rng = rng_state()
+        seed = None
+        if self.perturbation == "functional":  # ∂L/∂f first (no parameter involved), then J_fᵀ seed
+            loss, outputs = front.loss_and_outputs(batch)
+            (seed,) = torch.autograd.grad(front.scale(loss * weight), outputs, retain_graph=True)
+            outputs.backward(seed)
+        else:
+            loss = front.loss(batch)
+            front.scale(loss * weight).backward()
+        self._window.append(_Pending(batch, rng, seed, weight))
+        self._add("clean", loss.detach() * weight)
+        return loss.detach()
+
     def _descend_window(
         self,
         front: FrontEnd,
         settings: _Settings,
         optimizer: torch.optim.Optimizer | None,
         module: torch.nn.Module | None,
+        sharded: bool = False,
     ) -> None:
-        grads, self._ascent = self._ascent, None
-        if front.world_size > 1:
-            grads = self.all_reduce(grads)  # ε only needs the direction: the sum is the mean's
-        if self._logging:
-            self._add("grad_norm", self._mean_norm(front, grads, reduced=True))
+        if sharded:  # the ascent gradient is in .grad (reduce-scattered, averaged): take it out
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in settings.params]
+            for param in settings.params:
+                param.grad = None
+            if self._logging:
+                unit = front.scale(torch.ones((), device=local(grads[0]).device))
+                self._add("grad_norm", global_norm(grads) / unit)
+        else:
+            grads, self._ascent = self._ascent, None
+            if front.world_size > 1:
+                grads = self.all_reduce(grads)  # ε only needs the direction: the sum is the mean's
+            if self._logging:
+                self._add("grad_norm", self._mean_norm(front, grads, reduced=True))
         window, self._window = self._window, []
         with self._perturbed(settings, grads, optimizer, module):
             del grads
@@ -418,8 +463,10 @@ class SAMEngine:
         module: torch.nn.Module | None,
     ) -> Iterator[None]:
         """w ← w + ε for the duration, then w ← its exact saved copy; BatchNorm statistics frozen."""
-        params = settings.params
-        eps = sam_perturbation(params, grads, settings.rho, settings.adaptive, optimizer, self.precondition)
+        eps = sam_perturbation(
+            settings.params, grads, settings.rho, settings.adaptive, optimizer, self.precondition
+        )
+        params = [local(p) for p in settings.params]  # FSDP2: ε and the restore touch the local slices
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
             torch._foreach_add_(list(params), eps)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lit_bar.sharded import global_norm_squares, local, shard_group
+
 __all__ = [
     "FactorPair",
     "balancedness",
@@ -65,10 +67,14 @@ def balancedness(pairs: Sequence[FactorPair]) -> torch.Tensor:
     """
     if not pairs:
         raise ValueError("balancedness() needs at least one FactorPair, got an empty sequence")
-    x_norms = torch.stack(torch._foreach_norm([p.x.detach() for p in pairs]))
-    y_norms = torch.stack(torch._foreach_norm([p.y.detach() for p in pairs]))
+    group = shard_group([t for p in pairs for t in (p.x, p.y)])
+    x_norms = torch.stack(torch._foreach_norm([local(p.x).detach() for p in pairs]))
+    y_norms = torch.stack(torch._foreach_norm([local(p.y).detach() for p in pairs]))
     dtype = torch.promote_types(torch.promote_types(x_norms.dtype, y_norms.dtype), torch.float32)
-    return 0.5 * (x_norms.to(dtype).square() - y_norms.to(dtype).square())  # float64 stays float64
+    x_sq, y_sq = x_norms.to(dtype).square(), y_norms.to(dtype).square()  # float64 stays float64
+    if group is not None:  # FSDP2: the slices' squared norms, summed over processes in one all-reduce
+        x_sq, y_sq = global_norm_squares(torch.cat([x_sq, y_sq]), group).split(len(pairs))
+    return 0.5 * (x_sq - y_sq)
 
 
 def _layer_pairs(module_name: str, layer: nn.Module) -> list[FactorPair]:

@@ -64,8 +64,10 @@ from lit_bar.optim.groups import apply_lr_scales
 from lit_bar.optim.perturbation import global_norm, validate_precondition
 from lit_bar.optim.sam import validate_rho
 from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
+from lit_bar.sharded import fully_shard_blocks
 from lit_bar.step_utils import NonFiniteError, batch_size, non_finite_names
 from lit_bar.steps import is_logging_step, optimizer_steps, run_length
+from lit_bar.strategies import check_strategy, is_fsdp2
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
 
@@ -172,17 +174,20 @@ class SAMModule(LightningModule):
                 "loss_from_outputs(outputs, batch) "
                 "(compute_loss then defaults to their composition)"
             )
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+        check_strategy(self.trainer.strategy, type(self).__name__)
 
-        strategy = self.trainer.strategy
-        if stage == "fit" and isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
-            raise ValueError(
-                f"--trainer.strategy {type(strategy).__name__}: {type(self).__name__} (SAM, nBAR/oBAR, LoRA) "
-                "does not support sharded strategies yet: its step reads whole parameters and gradients "
-                "(the SAM perturbation and its gradient norm, nBAR/oBAR's factor norms), which FSDP, "
-                "DeepSpeed and model parallelism split across devices. Use --trainer.strategy ddp "
-                "(README: 'Many GPUs and many machines')"
-            )
+    @override
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): shard the network with the strategy's mesh
+        (:func:`lit_bar.sharded.fully_shard_blocks`: each block named in the model's
+        ``_no_split_modules``, or in :attr:`sharded_blocks`, then each child holding parameters);
+        nothing otherwise. A subclass that builds its network here calls ``super().configure_model()``
+        after building it: that one line is all it needs for sharded training."""
+        if is_fsdp2(self.trainer.strategy):
+            fully_shard_blocks(self, self.device_mesh["data_parallel"], self.sharded_blocks)
+
+    #: Class names of the blocks FSDP2 shards one by one; ``None``: the model's ``_no_split_modules``.
+    sharded_blocks: tuple[str, ...] | None = None
 
     @override
     def configure_callbacks(self) -> Any:

@@ -6,7 +6,9 @@
     preconditioned (002)   ε = ρ · P g / ‖P g‖,   P = diag(1 / (√v̂ + ε_adam)) from Adam's state
 
 Norms run over every perturbed tensor together, with ``torch._foreach_*``; a zero or non-finite
-norm gives ε = 0 (no division by zero, and no NaN copied into the weights). Pure torch.
+norm gives ε = 0 (no division by zero, and no NaN copied into the weights). FSDP2-sharded tensors
+(``DTensor``) are read through their local slices, and a norm over them costs one all-reduce of one
+scalar (:mod:`lit_bar.sharded`); ε is then each process's slice. Pure torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from lit_bar.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
     "PRECONDITIONERS",
@@ -39,11 +43,20 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖(t₁, …, t_n)‖₂ over all tensors together, as a 0-d tensor on the first one's device.
 
     Computed in float32, or in float64 when any tensor is float64 (half precision never narrows it).
+    FSDP2-sharded tensors: the norm of the whole tensors, from the local slices and one all-reduce.
     """
+    return _norm([local(t) for t in tensors], shard_group(tensors))
+
+
+def _norm(tensors: Sequence[torch.Tensor], group: torch.distributed.ProcessGroup | None) -> torch.Tensor:
+    """:func:`global_norm` of (local slices) ``tensors``, summed over ``group`` when sharded."""
     device = tensors[0].device
     norms = torch._foreach_norm(list(tensors))
     dtype = _at_least_float32(*(n.dtype for n in norms))
-    return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+    if group is None:
+        return torch.linalg.vector_norm(stacked)
+    return global_norm_squares(stacked.square().sum(), group).sqrt()
 
 
 def _at_least_float32(*dtypes: torch.dtype) -> torch.dtype:
@@ -72,7 +85,7 @@ def adam_preconditioned(
             continue
         group = group_of[id(p)]
         idx.append(i)
-        vs.append(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"])
+        vs.append(local(state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]))
         steps.append(state["step"])
         eps.append(group["eps"])
         beta2 = group["betas"][1]
@@ -132,23 +145,29 @@ def sam_perturbation(
         adaptive: ASAM's ε = ρ T² g / ‖T g‖, for all parameters or one flag per parameter.
         optimizer: The base optimizer, needed for ``precondition="adam"``.
         precondition: ``None`` or ``"adam"`` (ε = ρ P g / ‖P g‖, so ‖ε‖ = ρ).
+
+    Returns:
+        ε per parameter; for FSDP2-sharded parameters, this process's slice of it (add it to
+        :func:`lit_bar.sharded.local` of the parameter).
     """
     validate_precondition(precondition)
     flags = [bool(adaptive)] * len(params) if isinstance(adaptive, bool) else [bool(a) for a in adaptive]
     if any(flags) and precondition is not None:
         raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
+    group = shard_group([*params, *grads])  # FSDP2: local slices, one scalar all-reduce per norm
+    owners, params = params, [local(p) for p in params]
     # Widen half-precision gradients to float32; float32 and float64 stay as they are.
-    grads = [g.float() if g.is_floating_point() and g.dtype.itemsize < 4 else g for g in grads]
+    grads = [local(g).float() if g.is_floating_point() and g.dtype.itemsize < 4 else local(g) for g in grads]
     if any(flags):
-        direction, norm = _adaptive_direction(params, grads, flags)
+        direction, norm = _adaptive_direction(params, grads, flags, group)
     elif precondition == "adam":
         if optimizer is None:
             raise ValueError("precondition='adam' needs the base optimizer")
-        direction = adam_preconditioned(params, grads, optimizer)
-        norm = global_norm(direction)
+        direction = adam_preconditioned(owners, grads, optimizer)
+        norm = _norm(direction, group)
     else:
         direction = grads
-        norm = global_norm(grads)
+        norm = _norm(grads, group)
     ok = torch.isfinite(norm) & (norm > 0)
     inverse = torch.where(ok, 1.0 / norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
     eps = torch._foreach_mul(direction, inverse)
@@ -162,7 +181,10 @@ def sam_perturbation(
 
 
 def _adaptive_direction(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], flags: Sequence[bool]
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    flags: Sequence[bool],
+    group: torch.distributed.ProcessGroup | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """ASAM's direction T² g and norm ‖T g‖, T = |w| where the flag is set and ``w.ndim >= 2``, else I."""
     mats = [i for i, (p, flag) in enumerate(zip(params, flags, strict=True)) if flag and p.ndim >= 2]
@@ -171,7 +193,7 @@ def _adaptive_direction(
     if mats:
         for i, value in zip(mats, torch._foreach_mul([grads[i] for i in mats], scale), strict=True):
             scaled[i] = value  # T g
-    norm = global_norm(scaled)
+    norm = _norm(scaled, group)
     direction = list(scaled)
     if mats:
         for i, value in zip(mats, torch._foreach_mul([scaled[i] for i in mats], scale), strict=True):

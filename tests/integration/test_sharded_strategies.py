@@ -1,5 +1,6 @@
-"""Sharded strategies (FSDP, DeepSpeed, model parallel) are refused by ``SAMModule`` when fitting, with
-a message that names the strategy and what to use instead (``ddp``); DDP and evaluation pass."""
+"""Which strategies ``SAMModule`` runs under: DDP and FSDP2 (``ModelParallelStrategy`` with tensor
+parallel size 1, or ``fsdp2``) yes; FSDP1 and DeepSpeed are refused with a message that names the
+strategy and the FSDP2 spelling. (FSDP2 training itself: tests/integration/test_fsdp2.py.)"""
 
 from __future__ import annotations
 
@@ -21,24 +22,31 @@ def _with_strategy(strategy: object) -> NOPModule:
     return module
 
 
-SHARDED = {
-    "fsdp": FSDPStrategy,
-    "model_parallel": ModelParallelStrategy,
-    # constructing it needs the deepspeed package; the check only asks for the class
-    "deepspeed": lambda: DeepSpeedStrategy.__new__(DeepSpeedStrategy),
-}
-
-
-@pytest.mark.parametrize("name", list(SHARDED))
-def test_fit_under_a_sharded_strategy_is_refused(name: str) -> None:
-    strategy = SHARDED[name]()
-    module = _with_strategy(strategy)
-    expected = (
-        rf"--trainer.strategy {type(strategy).__name__}: NOPModule .* does not support sharded strategies"
-    )
-    with pytest.raises(ValueError, match=rf"{expected} yet.*Use --trainer.strategy ddp"):
+def test_fsdp1_is_refused_naming_the_fsdp2_spelling() -> None:
+    module = _with_strategy(FSDPStrategy())
+    with pytest.raises(
+        ValueError,
+        match=r"strategy FSDPStrategy \(FSDP1\): NOPModule shards with FSDP2.*--trainer.strategy fsdp2",
+    ):
         module.setup("fit")
-    module.setup("validate")  # evaluation runs no SAM step
+
+
+def test_deepspeed_is_refused() -> None:
+    # constructing it needs the deepspeed package; the check only asks for the class
+    module = _with_strategy(DeepSpeedStrategy.__new__(DeepSpeedStrategy))
+    with pytest.raises(
+        ValueError, match=r"--trainer.strategy DeepSpeedStrategy: NOPModule .* does not run under DeepSpeed"
+    ):
+        module.setup("fit")
+
+
+def test_model_parallel_is_accepted_with_tensor_parallel_size_1_only() -> None:
+    _with_strategy(ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)).setup("fit")
+    module = _with_strategy(ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
+    with pytest.raises(
+        ValueError, match=r"tensor_parallel_size 2: NOPModule supports FSDP2 over data parallelism only"
+    ):
+        module.setup("fit")
 
 
 def test_ddp_is_accepted() -> None:
@@ -51,5 +59,5 @@ def test_lit_bar_fit_with_fsdp_fails_with_the_message_on_gpu(tmp_path) -> None:
     trainer = Trainer(
         accelerator="gpu", devices=1, strategy="fsdp", max_steps=1, logger=False, default_root_dir=tmp_path
     )
-    with pytest.raises(ValueError, match="does not support sharded strategies yet"):
+    with pytest.raises(ValueError, match="shards with FSDP2 instead"):
         trainer.fit(NOPModule(rho=0.05), ToyNoiseDataModule(shape=(10, 10), steps=2))

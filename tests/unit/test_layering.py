@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lit_bar.syncs",
             "lit_bar.sharpness",
             "lit_bar.sharpness.*",
+            "lit_bar.sharded",
         ],
     ),
     ("engine", ["lit_bar.engine"]),
@@ -78,7 +79,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lit_bar.qkv",
         ],
     ),
-    ("front ends", ["lit_bar.sam_module", "lit_bar.callbacks.*", "lit_bar.hf", "lit_bar.hf.*"]),
+    (
+        "front ends",
+        ["lit_bar.sam_module", "lit_bar.strategies", "lit_bar.callbacks.*", "lit_bar.hf", "lit_bar.hf.*"],
+    ),
     (
         "tasks",
         [

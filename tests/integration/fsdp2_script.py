@@ -1,0 +1,159 @@
+"""SAMModule under FSDP2 (``--trainer.strategy fsdp2``) on 2 CPU processes (gloo): run by
+tests/integration/test_fsdp2.py in a subprocess, and importable for the 1-process reference.
+
+    python fsdp2_script.py --out DIR [--methods sam nbar ...]
+
+For each method, a tiny float64 peft-LoRA RoBERTa trains :data:`STEPS` optimizer steps of
+:data:`GLOBAL_BATCH` rows in 2 micro-batches (``accumulate_grad_batches=2``); rank r reads the r-th
+half of every micro-batch's rows, so the 2-process run sees the 1-process run's batches. Rank 0
+writes ``DIR/<method>.pt``: the full trainable tensors, whether every parameter was a DTensor, each
+rank's bytes of frozen base weights, and the collectives the run made (all-reduces, reduce-scatters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import os
+import sys
+from typing import Any
+
+import torch
+import torch.distributed
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+
+from lit_bar import SAMModule
+from lit_bar.callbacks import BalancednessCallback
+from lit_bar.sharded import is_sharded, local
+
+GLOBAL_BATCH, ACCUMULATE, STEPS, LENGTH, VOCAB = 8, 2, 3, 12, 50
+
+METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"rho": 0.0},
+    "sam": {"rho": 0.05},
+    "asam": {"rho": 0.5, "adaptive": True},
+    "fsam": {"rho": 0.05, "perturbation": "functional"},
+    "psam": {"rho": 0.05, "precondition": "adam"},
+    "nbar": {"rho": 0.0, "bar": "nbar"},
+    "obar": {"rho": 0.0, "bar": "obar"},
+    "sam_nbar": {"rho": 0.05, "bar": "nbar"},
+}
+
+
+def tiny_lora_model() -> torch.nn.Module:
+    """A 2-layer RoBERTa classifier (hidden 32), float64, LoRA r=4 on query/value, no dropout."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=LENGTH + 4, num_labels=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    model = RobertaForSequenceClassification(config).double()
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
+    model = get_peft_model(model, lora)
+    with torch.no_grad():  # lora_B starts at 0: make the pairs unbalanced both ways from step 0
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    return model
+
+
+class TinyLoRA(SAMModule):
+    def __init__(self, **sam: Any) -> None:
+        super().__init__(
+            optimizer=functools.partial(torch.optim.AdamW, lr=0.02), accumulate_grad_batches=ACCUMULATE, **sam
+        )
+        self.net = tiny_lora_model()
+
+    def compute_outputs(self, batch: Any) -> torch.Tensor:
+        return self.net(input_ids=batch[0]).logits
+
+    def loss_from_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(outputs, batch[1])
+
+
+def batches(world: int, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's micro-batches: micro-batch i of step s is block i of step s's rows, split by rank."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, VOCAB, (STEPS * GLOBAL_BATCH, LENGTH), generator=generator)
+    labels = torch.randint(0, 2, (STEPS * GLOBAL_BATCH,), generator=generator)
+    micro, out = GLOBAL_BATCH // ACCUMULATE, []
+    for start in range(0, STEPS * GLOBAL_BATCH, micro):
+        part = slice(start + rank * micro // world, start + (rank + 1) * micro // world)
+        out.append((ids[part], labels[part]))
+    return out
+
+
+def run(method: str, devices: int) -> tuple[TinyLoRA, dict[str, Any]]:
+    settings = dict(METHODS[method])
+    bar = settings.pop("bar", None)
+    module = TinyLoRA(**settings)
+    callbacks = [BalancednessCallback(mode=bar, mu=1.0)] if bar else []
+    trainer = Trainer(
+        accelerator="cpu", devices=devices, strategy="fsdp2" if devices > 1 else "auto",
+        max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=50, callbacks=callbacks, use_distributed_sampler=False,
+    )  # fmt: skip
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    loader = torch.utils.data.DataLoader(batches(devices, rank), batch_size=None)
+    with _counting() as counts:
+        trainer.fit(module, loader)
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    record = {
+        "params": {
+            n: (p.full_tensor() if is_sharded(p) else p).detach().clone() for n, p in trainable.items()
+        },
+        "all_sharded": all(is_sharded(p) for p in module.parameters()),
+        "frozen_bytes": sum(local(p).numel() * p.element_size() for p in frozen),
+        "frozen_bytes_whole": sum(p.numel() * p.element_size() for p in frozen),
+        "counts": dict(counts),
+    }
+    return module, record
+
+
+class _counting:
+    """Count torch.distributed.all_reduce and reduce-scatter calls (by name) inside the block."""
+
+    NAMES = ("all_reduce", "reduce_scatter_tensor", "reduce_scatter_single", "reduce_scatter")
+
+    def __enter__(self) -> collections.Counter:
+        self.counts, self.saved = collections.Counter(), {}
+        for name in self.NAMES:
+            original = getattr(torch.distributed, name, None)
+            if original is None:
+                continue
+            self.saved[name] = original
+
+            def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+                self.counts[_name] += 1
+                return _original(*args, **kwargs)
+
+            setattr(torch.distributed, name, counted)
+        return self.counts
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self.saved.items():
+            setattr(torch.distributed, name, original)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = parser.parse_args()
+    for method in args.methods:
+        _, record = run(method, devices=2)
+        rank = torch.distributed.get_rank()
+        record["rank"] = rank
+        torch.save(record, os.path.join(args.out, f"{method}_rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
