@@ -11,7 +11,7 @@ gradients) is skipped here too, through a 0/1 tensor: no host sync. The rule its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,7 +24,7 @@ from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
 from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
 from lit_bar.steps import is_logging_step, total_optimizer_steps
 
-__all__ = ["BalancednessCallback"]
+__all__ = ["BalancednessCallback", "log_abs_balancedness"]
 
 
 class BalancednessCallback(Callback):
@@ -103,18 +103,14 @@ class BalancednessCallback(Callback):
             self._log(pl_module, result)
 
     def _log(self, pl_module: pl.LightningModule, result: BarStep) -> None:
-        """Log this step's values, copied to the host in one transfer (the logging step's one sync)."""
+        """Log |balancedness| and the branch counts of this step (:func:`log_abs_balancedness`), and μ_t."""
         values = balancedness(self.pairs).abs()
-        plus = (result.active * (result.signs > 0)).sum()
-        minus = (result.active * (result.signs < 0)).sum()
-        parts = [values.mean(), plus, minus, *(values.unbind() if self.log_per_pair else ())]
-        host = torch.stack([v.to(values.dtype) for v in parts]).cpu().unbind()
-        pl_module.log("bar/abs_balancedness", host[0])
-        pl_module.log("bar/mu", torch.tensor(result.mu, dtype=host[0].dtype))  # a host tensor: no device copy
-        pl_module.log("bar/pairs_plus", host[1])
-        pl_module.log("bar/pairs_minus", host[2])
-        for pair, value in zip(self.pairs, host[3:], strict=False):
-            pl_module.log(f"bar/abs_balancedness/{pair.name}", value)
+        counts = {
+            "bar/pairs_plus": (result.active * (result.signs > 0)).sum(),
+            "bar/pairs_minus": (result.active * (result.signs < 0)).sum(),
+        }
+        log_abs_balancedness(pl_module, self.pairs, values, self.log_per_pair, counts)
+        pl_module.log("bar/mu", torch.tensor(result.mu, dtype=values.dtype))  # a host tensor: no device copy
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -131,3 +127,29 @@ class BalancednessCallback(Callback):
             return
         self.bar.load_state_dict(state_dict)
         self._pending_state = None
+
+
+def log_abs_balancedness(
+    pl_module: pl.LightningModule,
+    pairs: Sequence[FactorPair],
+    values: torch.Tensor,
+    log_per_pair: bool,
+    counts: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Log ``values`` (|B| of each of ``pairs``, on the device) the way every BAR callback logs them.
+
+    Their mean goes to ``bar/abs_balancedness`` (the quantity of the paper's Fig. 3), each of ``counts``
+    (key: 0-d device tensor) under its key and, with ``log_per_pair``, each pair's value to
+    ``bar/abs_balancedness/<pair name>``. All of them are copied to the host in one transfer, the
+    logging step's one sync; device tensors handed to ``log`` would cost Lightning one sync each.
+    Shared by :class:`BalancednessCallback` and :class:`lit_bar.BalancednessMonitor`, which must not
+    both run (the monitor refuses to).
+    """
+    counts = counts or {}
+    parts = [values.mean(), *counts.values(), *(values.unbind() if log_per_pair else ())]
+    host = torch.stack([v.to(values.dtype) for v in parts]).cpu().unbind()
+    pl_module.log("bar/abs_balancedness", host[0])
+    for key, value in zip(counts, host[1:], strict=False):
+        pl_module.log(key, value)
+    for pair, value in zip(pairs, host[1 + len(counts) :], strict=False):
+        pl_module.log(f"bar/abs_balancedness/{pair.name}", value)

@@ -7,7 +7,9 @@ preconditioned SAM), so every method's logs can be compared. It changes nothing 
 
 It runs in ``on_before_optimizer_step`` (once per optimizer step in automatic optimization and under
 :class:`lit_bar.SAMModule` alike) on the same steps as ``BalancednessCallback`` logs: a logging step
-costs one ``torch._foreach_norm`` over the factors; every other step costs one integer comparison.
+costs one ``torch._foreach_norm`` over the factors and one copy to the host (the values are logged as
+``BalancednessCallback`` logs them: :func:`lit_bar.callbacks.balancedness.log_abs_balancedness`);
+every other step costs one integer comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lit_bar.callbacks.balancedness import BalancednessCallback
+from lit_bar.callbacks.balancedness import BalancednessCallback, log_abs_balancedness
 from lit_bar.pairs import FactorPair, balancedness, module_pairs
 from lit_bar.steps import is_logging_step
 
@@ -64,8 +66,4 @@ class BalancednessMonitor(Callback):
     ) -> None:
         if not self.pairs or not is_logging_step(trainer):  # the step in progress
             return
-        values = balancedness(self.pairs).abs()
-        pl_module.log("bar/abs_balancedness", values.mean())
-        if self.log_per_pair:
-            for pair, value in zip(self.pairs, values.unbind(), strict=True):
-                pl_module.log(f"bar/abs_balancedness/{pair.name}", value)
+        log_abs_balancedness(pl_module, self.pairs, balancedness(self.pairs).abs(), self.log_per_pair)
