@@ -13,7 +13,8 @@ Examples of configs (``data.init_args``)::
     STS-B  text_columns: [sentence1, sentence2]     num_labels: 1
     MNLI   text_columns: [premise, hypothesis]      num_labels: 3   validation_split: validation_matched
 
-Few-shot and small-data protocols sample from the train split with ``seed``: ``k_per_class`` keeps k
+Few-shot and small-data protocols sample from the train split with ``seed``
+(:func:`lit_bar.data.sampling.sample_per_class`): ``k_per_class`` keeps k
 training rows per class (as LM-BFF's k-shot sets), and ``dev_per_class`` carves a dev set of that
 many rows per class out of the train split, disjoint from the training rows, so that anything
 selected (μ, ρ, a checkpoint) is selected on train data and the official validation split stays a
@@ -25,16 +26,15 @@ pure test split (RTE, CB, CoLA have no labelled test split)::
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from typing import Any
 
 from typing_extensions import override
 
 from lit_bar.data.base import TextDataModule
 from lit_bar.data.checks import check_class_ids, check_targets
+from lit_bar.data.sampling import sample_per_class
 
-__all__ = ["GlueDataModule", "sample_per_class"]
+__all__ = ["GlueDataModule"]
 
 
 class GlueDataModule(TextDataModule):
@@ -157,37 +157,3 @@ class GlueDataModule(TextDataModule):
         label = row[self.label_column]
         encoded["labels"] = float(label) if self.num_labels == 1 else int(label)
         return encoded
-
-
-def sample_per_class(
-    labels: Sequence[int], num_classes: int, k: int | None, dev: int | None, seed: int
-) -> dict[str, list[int]]:
-    """Row indices of a k-per-class train set and a dev set carved from the same rows, disjoint.
-
-    Per class, one seeded shuffle (``random.Random(seed)``, classes in id order): the first ``k``
-    rows train, the next ``dev`` rows validate (the k-shot train set does not depend on ``dev``;
-    with ``k == dev`` these are LM-BFF's train/dev sets). ``k=None``: dev is the first ``dev`` rows
-    of each class and every other row trains, in the original order.
-
-    Raises:
-        ValueError: a class with fewer rows than ``k + dev`` (naming the class and its count).
-    """
-    rng = random.Random(seed)
-    train: list[int] = []
-    carved: list[int] = []
-    for label in range(num_classes):
-        rows = [i for i, y in enumerate(labels) if y == label]
-        rng.shuffle(rows)
-        needed = (k if k is not None else 1) + (dev or 0)
-        if len(rows) < needed:
-            raise ValueError(
-                f"class {label} has {len(rows)} rows in the train split, fewer than the {needed} "
-                f"that k_per_class={k} + dev_per_class={dev} need"
-            )
-        start = k or 0
-        train.extend(rows[:start])
-        carved.extend(rows[start : start + (dev or 0)])
-    if k is None:
-        taken = set(carved)
-        train = [i for i in range(len(labels)) if i not in taken]
-    return {"train": train, "dev": carved}

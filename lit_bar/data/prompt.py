@@ -20,17 +20,16 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lit_bar.data.base import TextDataModule
 from lit_bar.data.checks import check_class_ids
+from lit_bar.data.sampling import sample_k_per_class
 from lit_bar.data.templates import TRANSFORMS
 
-__all__ = ["PromptFewShotDataModule", "parse_prompt", "sample_k_per_class"]
+__all__ = ["PromptFewShotDataModule", "parse_prompt"]
 
 PROMPT_TRANSFORMS = {**TRANSFORMS, "strip_last": lambda text: text[:-1]}
 _MARKERS = {"<s>": "bos", "</s>": "eos", "<mask>": "mask"}
@@ -72,29 +71,6 @@ def parse_prompt(template: str) -> list[tuple[str, str, str]]:
                     pieces.append((kind, text.rstrip(), ""))
             pieces.append(("field", name, f"{spec}|{prefix}"))
     return pieces
-
-
-def sample_k_per_class(
-    labels: Sequence[int], k: int, seed: int, num_classes: int
-) -> tuple[list[int], list[int]]:
-    """Train and dev row indices: per class, a seeded shuffle; the first ``k`` train, the next ``k`` dev.
-
-    A class with fewer than ``2k`` rows gives what it has (train first) and a warning, as LM-BFF.
-
-    Returns:
-        ``(train, dev)`` indices into ``labels``, each sorted by class then shuffle order.
-    """
-    rng = random.Random(seed)
-    train: list[int] = []
-    dev: list[int] = []
-    for label in range(num_classes):
-        rows = [i for i, y in enumerate(labels) if y == label]
-        rng.shuffle(rows)
-        if len(rows) < 2 * k:
-            rank_zero_warn(f"class {label} has {len(rows)} training rows, fewer than 2k = {2 * k}")
-        train.extend(rows[:k])
-        dev.extend(rows[k : 2 * k])
-    return train, dev
 
 
 class PromptFewShotDataModule(TextDataModule):

@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_fixtures import pair_rows, write_rows
 
-from lit_bar.data.glue import GlueDataModule, sample_per_class
+from lit_bar.data.glue import GlueDataModule
+from lit_bar.data.sampling import sample_per_class
 
 PAIR = ["premise", "hypothesis"]
 
