@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from lit_bar.experiments.reproduce import runner as reproduce
+from lit_bar.experiments.reproduce.grids import GRIDS, Grid, Task
+from lit_bar.experiments.reproduce.tables import format_cell, read_rows
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import reproduce  # noqa: E402
-from reproduce_grids import GRIDS, Grid, Task  # noqa: E402
-from reproduce_tables import format_cell, read_rows  # noqa: E402
 
 # A fake cell: records that it ran, holds ~60 MB, writes a result whose accuracy depends on the cell,
 # and fails (exit 3) when the method is "sam" and FAIL_SAM is in the environment.
@@ -164,7 +164,7 @@ def _fake_log(path: Path, values: dict[int, tuple[float, float]]) -> None:
 
 
 def test_plot_reads_the_grid_logs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from plot_balancedness import load_runs, plot_from_logs
+    from lit_bar.experiments.reproduce.balancedness_figure import load_runs, plot_from_logs
 
     for seed, drift in ((1, 0.2), (2, 0.4)):
         _fake_log(
@@ -182,7 +182,7 @@ def test_plot_reads_the_grid_logs(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_plot_without_logs_says_what_to_run(tmp_path: Path) -> None:
-    from plot_balancedness import plot_from_logs
+    from lit_bar.experiments.reproduce.balancedness_figure import plot_from_logs
 
     with pytest.raises(SystemExit, match=r"run scripts/reproduce\.py first"):
         plot_from_logs(tmp_path, "t", tmp_path / "fig.png")

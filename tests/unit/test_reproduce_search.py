@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import reproduce  # noqa: E402
-from reproduce_grids import GRIDS, Grid, Search, Task, chosen_hparams  # noqa: E402
-from reproduce_tables import bar_strength, mean_ci, read_rows, t_quantile_975  # noqa: E402
+from lit_bar.experiments.reproduce import runner as reproduce
+from lit_bar.experiments.reproduce.grids import GRIDS, Grid, Search, Task, chosen_hparams
+from lit_bar.experiments.reproduce.tables import bar_strength, read_rows
+from lit_bar.experiments.stats import mean_ci
+from lit_bar.experiments.stats import t_quantile_975_or_normal as t_quantile_975  # the grid tables' quantile
 
 # A fake cell. Its dev metric peaks at lr=0.002, rho=0.1, mu=1.0 with cosine; its test metric peaks
 # elsewhere (lr=0.001, rho=0.01), so a search that read the test split would choose differently.

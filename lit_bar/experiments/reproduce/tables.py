@@ -14,14 +14,25 @@ import math
 import statistics
 from pathlib import Path
 
+from lit_bar.experiments.environment import ROOT
+from lit_bar.experiments.reproduce.grids import (
+    METHOD_NAMES,
+    Grid,
+    Task,
+    chosen_hparams,
+    dev_metric,
+    final_cells,
+    row_key,
+    search_cells,
+)
+from lit_bar.experiments.stats import mean_ci, t_quantile_975_or_normal
+
 __all__ = [
     "bar_strength",
     "complete_seeds",
     "format_cell",
     "last_values",
-    "mean_ci",
     "read_rows",
-    "t_quantile_975",
     "tables_markdown",
     "write_tables",
 ]
@@ -66,19 +77,19 @@ def format_cell(values: list[float], expected: int, scale: float = 100.0, digits
     return text + (f" (n = {len(values)})" if len(values) < expected else "")
 
 
-def _metric(task, rows: list[dict]) -> str | None:
+def _metric(task: Task, rows: list[dict]) -> str | None:
     if task.metric:
         return task.metric
     names = sorted({k for r in rows for k in r.get("metrics", {}) if "loss" not in k})
     return names[0] if names else None
 
 
-def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int | str = 1) -> list[str]:
+def _table(
+    grid: Grid, ok: list[dict], value, scale: float, average: bool, digits: int | str = 1
+) -> list[str]:
     """One Markdown table: ``value(row)`` per run, aggregated per (method, task)."""
     lines = ["| method | " + " | ".join(t.name for t in grid.tasks) + (" | avg |" if average else " |")]
     lines.append("|---" * (len(grid.tasks) + 1 + average) + "|")
-    from reproduce_grids import METHOD_NAMES
-
     for method in grid.methods:
         cells, means = [], []
         for task in grid.tasks:
@@ -92,37 +103,19 @@ def _table(grid, ok: list[dict], value, scale: float, average: bool, digits: int
     return lines
 
 
-def complete_seeds(grid, ok: list[dict]) -> list[int]:
+def complete_seeds(grid: Grid, ok: list[dict]) -> list[int]:
     """Seeds for which every (task, method) cell of the grid has an ``ok`` row."""
     have = {(r["task"], r["method"], r["seed"]) for r in ok}
     return [s for s in grid.seeds if all((t.name, m, s) in have for t in grid.tasks for m in grid.methods)]
 
 
-def _paired(task, row: dict, ok: list[dict], base: str) -> float | None:
+def _paired(task: Task, row: dict, ok: list[dict], base: str) -> float | None:
     """``row``'s metric minus the same task and seed's ``base``-method metric (None if that is missing)."""
     name = _metric(task, ok)
     match = [r for r in ok if (r["task"], r["method"], r["seed"]) == (row["task"], base, row["seed"])]
     if not match or name not in row["metrics"] or name not in match[0]["metrics"]:
         return None
     return row["metrics"][name] - match[0]["metrics"][name]
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table, df ≤ 30; else normal)."""
-    table = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-             2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-             2.052, 2.048, 2.045, 2.042)  # fmt: skip
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return table[df - 1] if df <= len(table) else 1.960
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t interval (nan for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def format_ci(values: list[float], scale: float = 100.0, digits: int | str = 2) -> str:
@@ -133,7 +126,7 @@ def format_ci(values: list[float], scale: float = 100.0, digits: int | str = 2) 
     if not values:
         return "—"
     spec = "+" + (digits if isinstance(digits, str) else f".{digits}f")
-    mean, half = mean_ci(values)
+    mean, half = mean_ci(values, t_quantile_975_or_normal)
     if math.isnan(half):
         return f"{mean * scale:{spec}} (n = 1)"
     low, high = (mean - half) * scale, (mean + half) * scale
@@ -159,10 +152,8 @@ def bar_strength(lr: float, mu: float, schedule: str, total_steps: int, warmup_r
     return total
 
 
-def _search_section(grid, rows: list[dict]) -> tuple[list[str], list[dict]]:
+def _search_section(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict]]:
     """The search's table (every candidate's dev metric, the chosen one in bold) and the final rows."""
-    from reproduce_grids import chosen_hparams, dev_metric, final_cells, row_key, search_cells
-
     ok = [r for r in rows if r.get("grid") == grid.name and r.get("status") == "ok"]
     chosen = chosen_hparams(grid, rows)
     dev = {row_key(r): r.get("dev_metrics", {}) for r in ok}
@@ -198,13 +189,12 @@ def _search_section(grid, rows: list[dict]) -> tuple[list[str], list[dict]]:
 
 def _max_steps(config: str) -> int | None:
     """``trainer.max_steps`` of a task file (None when it cannot be read)."""
-    try:
-        import yaml
-        from reproduce_grids import __file__ as grids_file
+    from jsonargparse import get_loader  # the YAML reader of lit-bar's own command line
 
-        text = (Path(grids_file).resolve().parents[1] / config).read_text()
-        return int(yaml.safe_load(text)["trainer"]["max_steps"])
-    except (OSError, KeyError, TypeError, ValueError, ImportError):
+    try:
+        text = (ROOT / config).read_text()
+        return int(get_loader("yaml")(text)["trainer"]["max_steps"])
+    except (OSError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -215,7 +205,7 @@ SHARPNESS = (
 )
 
 
-def tables_markdown(grid, rows: list[dict]) -> list[str]:
+def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
     """The section of one grid: metric table, final |balancedness|, wall time and peak memory.
 
     A partial grid is tabulated over its complete seeds only (every method then has the same seeds,
@@ -252,8 +242,6 @@ def tables_markdown(grid, rows: list[dict]) -> list[str]:
     lines += [f"Runs shown: {len(ok)}; grid seeds {list(grid.seeds)}; commit {', '.join(commits)}.", ""]
     lines += [f"Test metric ×100, mean ± std over seeds ({metric_names}):", ""]
     lines += _table(grid, ok, metric, 100.0, average=True)
-    from reproduce_grids import METHOD_NAMES
-
     base = grid.methods[0]
     name = METHOD_NAMES.get(base, base)
     lines += ["", f"Difference to {name}, paired by seed (same data sample and initialisation), ×100:", ""]
@@ -286,10 +274,8 @@ def _paired_key(row: dict, ok: list[dict], base: str, key: str) -> float | None:
     return row["metrics"][key] - match[0]["metrics"][key]
 
 
-def _ci_table(grid, ok: list[dict], value, scale: float, digits: int | str = 2) -> list[str]:
+def _ci_table(grid: Grid, ok: list[dict], value, scale: float, digits: int | str = 2) -> list[str]:
     """Rows = methods but the base, columns = tasks: ``mean [95 % interval]`` of ``value(task, row)``."""
-    from reproduce_grids import METHOD_NAMES
-
     lines = [
         "| method | " + " | ".join(t.name for t in grid.tasks) + " |",
         "|---" * (len(grid.tasks) + 1) + "|",
@@ -305,7 +291,7 @@ def _ci_table(grid, ok: list[dict], value, scale: float, digits: int | str = 2) 
     return lines
 
 
-def write_tables(out: Path, grids: dict) -> Path:
+def write_tables(out: Path, grids: dict[str, Grid]) -> Path:
     """Rebuild ``out/tables.md`` from ``out/runs.jsonl`` (every grid that has finished runs)."""
     rows = read_rows(out / "runs.jsonl")
     lines = [

@@ -1,4 +1,5 @@
-"""The named grids of ``scripts/reproduce.py``: tasks (config files) × methods × seeds.
+"""The named grids of ``scripts/reproduce.py``: tasks (config files) × methods × seeds, and the
+search on dev that picks each method's hyperparameters.
 
 ``offline`` runs on this machine; ``table1``/``table3``/``table4``/``table5`` are the README's
 paper-cell commands (``configs/{fewshot,opt,glue,gpt2}``) over the paper's seeds. The paper names
