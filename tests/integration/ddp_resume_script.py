@@ -19,9 +19,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 
-from tiny_sam import IN, OUT, TinySAM, make_net, sgd, trainer
+from tiny.sam import IN, OUT, TinySAM, make_net, sgd, trainer
 
 from lit_bar.data.base import TextDataModule
 

@@ -26,9 +26,9 @@ import torch
 import torch.distributed
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 
-from tiny_sam import TinySAM, make_data, make_net, sgd, trainer
+from tiny.sam import TinySAM, make_data, make_net, sgd, trainer
 
 GLOBAL_BATCH = 8
 STEPS = 3

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 
-from tiny_sam import TinySAM, make_data, make_net, sgd, trainer
+from tiny.sam import TinySAM, make_data, make_net, sgd, trainer
 
 from lit_bar.callbacks import FiniteCheck
 from lit_bar.step_utils import NonFiniteError

@@ -17,10 +17,11 @@ import sys
 import torch
 import torch.distributed
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from test_hf_sam_trainer import Regressor, Rows
-from tiny_sam import make_data, make_net
+from tiny.sam import make_data, make_net
 from transformers import TrainingArguments
 
 from lit_bar.hf import SAMTrainer

@@ -17,9 +17,9 @@ import sys
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 
-from tiny_sam import TinySAM, make_data, make_net, sgd, trainer
+from tiny.sam import TinySAM, make_data, make_net, sgd, trainer
 
 import lit_bar.callbacks.sharpness as monitor_module
 from lit_bar.callbacks import SharpnessMonitor

@@ -18,9 +18,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 
-from tiny_sam import IN, OUT, TinySAM, make_data, sgd, trainer
+from tiny.sam import IN, OUT, TinySAM, make_data, sgd, trainer
 
 from lit_bar.callbacks import BiLoRACallback, FlatLoRACallback
 

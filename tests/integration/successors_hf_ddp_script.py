@@ -16,11 +16,12 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the tiny package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from test_successors_hf import LoraRegressor
 from test_successors_lightning import lora_net
-from tiny_sam import Rows, make_data
+from tiny.sam import Rows, make_data
 from transformers import Trainer, TrainingArguments
 
 from lit_bar.hf import BiLoRATrainerCallback, FlatLoRATrainerCallback

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import tiny_sst2
+from tiny.hf import tiny_sst2
 
 from lit_bar.callbacks import AdapterExport, PredictionWriter
 from lit_bar.data.glue import GlueDataModule

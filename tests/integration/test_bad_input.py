@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, pair_rows, sentence_rows, tiny_roberta, write_rows
+from tiny.hf import ROOT, all_texts, pair_rows, sentence_rows, tiny_roberta, write_rows
 
 from lit_bar.cli import main
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from peft import LoraConfig, inject_adapter_in_model
-from tiny_sam import (
+from tiny.sam import (
     IN,
     OUT,
     TinyPlain,

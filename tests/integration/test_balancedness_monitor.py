@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from test_balancedness_callback import make_lora_net
-from tiny_sam import TinySAM, fit, loader, make_data, make_net, sgd
+from tiny.sam import TinySAM, fit, loader, make_data, make_net, sgd
 
 import lit_bar.callbacks.monitor as monitor_module
 from lit_bar import BalancednessMonitor

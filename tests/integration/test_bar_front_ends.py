@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_balancedness_callback import lora_factors, make_lora_net
-from tiny_sam import Rows, TinyPlain, assert_params_close, batches, fit, loader, make_data, max_diff
+from tiny.sam import Rows, TinyPlain, assert_params_close, batches, fit, loader, make_data, max_diff
 from torch import nn
 
 from lit_bar.bar import BAR

@@ -7,19 +7,16 @@ and checks what a user would look at: the logged metrics and the trained LoRA fa
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import hf as hf_tiny
 
 from lit_bar.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("lit_bar_tests_tiny_hf", ROOT / "tests" / "tiny.py")
-hf_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hf_tiny)
 
 WORDS = ["film", "plot", "cast", "music", "good", "bad", "rain", "sun", "Paris", "Rome", "city"]
 

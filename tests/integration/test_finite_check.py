@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from test_balancedness_callback import make_lora_net
 from test_host_syncs import counted_fit
-from tiny_sam import TinyPlain, TinySAM, batches, hand_sam, loader, make_data, make_net, sgd, trainer
+from tiny.sam import TinyPlain, TinySAM, batches, hand_sam, loader, make_data, make_net, sgd, trainer
 
 from lit_bar.callbacks import BalancednessCallback, FiniteCheck
 from lit_bar.step_utils import NonFiniteError

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from test_artifacts import _data, _module, _trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import glue_cli_args, tiny_sst2
+from tiny.hf import glue_cli_args, tiny_sst2
 
 from lit_bar.callbacks import AdapterExport
 from lit_bar.step_utils import NonFiniteError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import (
+from tiny.hf import (
     METHODS,
     all_texts,
     glue_cli_args,

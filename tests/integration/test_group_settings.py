@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_hf_sam_trainer import train
-from tiny_sam import TinySAM, batches, fit, loader, make_data, make_net, max_diff, sgd
+from tiny.sam import TinySAM, batches, fit, loader, make_data, make_net, max_diff, sgd
 
 LR, STEPS = 0.1, 3
 #: (layer index in make_net's Sequential, rho, adaptive) per group

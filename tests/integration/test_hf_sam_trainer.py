@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_sam import Rows, TinySAM, adamw, batches, fit, hand_sam, loader, make_data, make_net, max_diff
+from tiny.sam import Rows, TinySAM, adamw, batches, fit, hand_sam, loader, make_data, make_net, max_diff
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments

@@ -9,7 +9,6 @@ built them (``trace_backward=True``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from test_balancedness_callback import make_lora_net
-from tiny_sam import TinySAM, adamw, fit, loader, make_data
+from tiny import hf as hf_tiny
+from tiny.sam import TinySAM, adamw, fit, loader, make_data
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.syncs import SyncCounter
@@ -27,9 +27,6 @@ from lit_bar.tasks.language_model import mean_target_logprobs
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-_spec = importlib.util.spec_from_file_location("lit_bar_tests_tiny_hf", ROOT / "tests" / "tiny.py")
-hf_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hf_tiny)
 
 PERTURBATIONS = {
     "sam": {},
@@ -114,11 +111,11 @@ def _write(folder: Path, splits: dict[str, list[dict]]) -> str:
 @pytest.fixture(scope="module")
 def families(tmp_path_factory) -> dict[str, list[str]]:
     """CLI arguments of one tiny run per task family (the rows and models of the family CLI tests)."""
-    from hf_fixtures import all_texts, sentence_rows, tiny_roberta
     from test_causal_cli import TEMPLATE_WORDS
     from test_causal_cli import _rows as causal_rows
     from test_generation_cli import NAMES, SEEN, UNSEEN
     from test_generation_cli import _rows as webnlg_rows
+    from tiny.hf import all_texts, sentence_rows, tiny_roberta
 
     base = tmp_path_factory.mktemp("families")
     sst2 = {"train": sentence_rows(16, 0, "tr"), "validation": sentence_rows(8, 1, "va")}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
+from tiny.hf import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
 
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "lit_bar", "configs")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from test_balancedness_callback import make_lora_net
-from tiny_sam import TinySAM, loader, make_data, sgd, trainer
+from tiny.sam import TinySAM, loader, make_data, sgd, trainer
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.callbacks.monitor import BalancednessMonitor

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
+from tiny.hf import glue_cli_args, read_metrics, tiny_sst2
 
 from lit_bar.cli import main
 

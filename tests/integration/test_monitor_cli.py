@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
+from tiny.hf import glue_cli_args, read_metrics, tiny_sst2
 
 from lit_bar.cli import main
 

@@ -16,16 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import (
-    ROOT,
-    TEMPLATE_WORDS,
-    all_texts,
-    hf_tiny,
-    read_metrics,
-    sentence_rows,
-    tiny_roberta,
-    write_rows,
-)
+from tiny import hf as hf_tiny
+from tiny.hf import ROOT, TEMPLATE_WORDS, all_texts, read_metrics, sentence_rows, tiny_roberta, write_rows
 
 from lit_bar.cli import main
 

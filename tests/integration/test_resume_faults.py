@@ -31,7 +31,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, tiny_sst2
+from tiny.hf import ROOT, tiny_sst2
 
 from lit_bar.cli import main
 

@@ -15,7 +15,7 @@ import ddp_script
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_sam import assert_params_close, make_data, make_net, max_diff, sgd
+from tiny.sam import assert_params_close, make_data, make_net, max_diff, sgd
 
 SCRIPT = Path(ddp_script.__file__)
 

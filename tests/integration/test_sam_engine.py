@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins import MixedPrecision
-from tiny_sam import (
+from tiny.sam import (
     TinySAM,
     adamw,
     assert_params_close,

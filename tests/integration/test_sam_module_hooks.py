@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import MixedPrecision
-from tiny_sam import (
+from tiny.sam import (
     LossOnlySAM,
     TinyPlain,
     TinySAM,

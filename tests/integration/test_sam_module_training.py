@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_sam import (
+from tiny.sam import (
     TinyPlain,
     TinySAM,
     adam,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import MixedPrecision
-from tiny_sam import (
+from tiny.sam import (
     TinySAM,
     adam,
     assert_params_close,

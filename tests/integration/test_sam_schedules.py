@@ -17,8 +17,8 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from transformers import get_scheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_sam import TinySAM, fit, loader, make_data, make_net, sgd, trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny.sam import TinySAM, fit, loader, make_data, make_net, sgd, trainer
 
 from lit_bar.schedules import TransformersSchedule, WarmupLinearDecay
 

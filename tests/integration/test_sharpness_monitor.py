@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sharpness_ddp_script
-from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
-from tiny_sam import make_net
+from tiny.hf import glue_cli_args, read_metrics, tiny_sst2
+from tiny.sam import make_net
 
 from lit_bar.callbacks import SharpnessMonitor
 from lit_bar.callbacks.sharpness import fixed_batches

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import glue_cli_args, read_metrics, tiny_sst2
 from test_host_syncs import ROOT, families  # noqa: F401  (the fixture: one tiny run per task family)
+from tiny.hf import glue_cli_args, read_metrics, tiny_sst2
 
 from lit_bar.callbacks import BiLoRACallback, FlatLoRACallback
 from lit_bar.cli import main

@@ -23,7 +23,7 @@ from test_successors_lightning import (
     lora_net,
     max_diff,
 )
-from tiny_sam import Rows, make_data
+from tiny.sam import Rows, make_data
 from torch import nn
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from peft import LoraConfig, inject_adapter_in_model
-from tiny_sam import IN, OUT, TinyPlain, TinySAM, adamw, batches, fit, loader, make_data, sgd, trainer
+from tiny.sam import IN, OUT, TinyPlain, TinySAM, adamw, batches, fit, loader, make_data, sgd, trainer
 from torch import nn
 
 from lit_bar.callbacks import BalancednessCallback, BiLoRACallback, FlatLoRACallback

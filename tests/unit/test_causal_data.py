@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import hf as hf_tiny
 
 from lit_bar.data.causal import CandidateDataModule
 from lit_bar.data.templates import Template
 from lit_bar.data.webnlg import WebNLGDataModule, linearise_triples
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("lit_bar_tests_tiny_hf", ROOT / "tests" / "tiny.py")
-hf_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hf_tiny)
 
 CB = 'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n'
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
+from tiny.hf import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
 
 import lit_bar.hub
 from lit_bar.cli import main

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import TEMPLATE_WORDS, hf_tiny, tiny_roberta
+from tiny import hf as hf_tiny
+from tiny.hf import TEMPLATE_WORDS, tiny_roberta
 
 from lit_bar.export import classification_rows, load_adapter, save_adapter, save_merged
 from lit_bar.tasks.causal import CausalLMTask

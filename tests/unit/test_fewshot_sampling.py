@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import all_texts, sentence_rows, tiny_roberta, write_rows
+from tiny.hf import all_texts, sentence_rows, tiny_roberta, write_rows
 
 from lit_bar.data.prompt import PromptFewShotDataModule
 from lit_bar.data.sampling import sample_k_per_class

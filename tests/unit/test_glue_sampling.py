@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import pair_rows, write_rows
+from tiny.hf import pair_rows, write_rows
 
 from lit_bar.data.glue import GlueDataModule
 from lit_bar.data.sampling import sample_per_class

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_fixtures import all_texts, pair_rows, tiny_roberta, write_rows
+from tiny.hf import all_texts, pair_rows, tiny_roberta, write_rows
 
 from lit_bar.data.prompt import PromptFewShotDataModule, parse_prompt
 from lit_bar.tasks.glue import SequenceClassifier
