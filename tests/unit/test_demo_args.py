@@ -40,11 +40,8 @@ def test_a_wrong_data_dir_is_one_line(tmp_path: Path, make, expected: str) -> No
 
 
 def test_relative_data_dir_is_read_from_the_working_directory(tmp_path: Path, monkeypatch) -> None:
-    import importlib.util
+    from lit_bar.experiments import demo
 
-    spec = importlib.util.spec_from_file_location("lit_bar_demo_args", DEMO)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     (tmp_path / "sst2").mkdir()
     for split in ("train", "validation"):
         (tmp_path / "sst2" / f"{split}.jsonl").write_text("{}\n")
