@@ -143,6 +143,7 @@ class StepRecorder(Callback):
             self.counter.phase = "end"
 
     def step_seconds(self, warmup: int) -> list[float]:
+        """Seconds between consecutive step starts (the last to the end of training), warm-up dropped."""
         marks = self.marks
         if self.device.type == "cuda":
             gaps = [a.elapsed_time(b) / 1000 for a, b in itertools.pairwise(marks)]
@@ -262,6 +263,7 @@ def hf_fp16_skip_check(model_dir: str, args: argparse.Namespace) -> dict[str, An
 
 
 def print_report(rows: list[dict[str, Any]], device_name: str, skip: dict[str, Any] | None) -> None:
+    """The table (step time, peak memory, syncs per step by owner), every sync site, the skip check."""
     print(f"\n## gpu_check on {device_name}\n")
     print("| method | precision | step (ms) | peak memory (GiB) | syncs/step by owner |")
     print("|---|---|---|---|---|")

@@ -90,6 +90,7 @@ class Cell:
 
     @property
     def key_path(self) -> str:
+        """``task/method[/tag]/seedS``: the run's folder under ``OUT/logs``."""
         middle = f"/{self.tag}" if self.hparams else ""
         return f"{self.task}/{self.method}{middle}/seed{self.seed}"
 
@@ -109,6 +110,7 @@ class Search:
     seed: int
 
     def space(self, method: str) -> tuple[tuple[tuple[str, float | str], ...], ...]:
+        """``method``'s candidates; one empty candidate (the selected rate alone) when it has none."""
         return dict(self.spaces).get(method, ((),))
 
 
@@ -126,6 +128,7 @@ class Grid:
     sharpness: bool = False  # measure the final weights' sharpness in `lit-bar test`
 
     def cells(self) -> list[Cell]:
+        """Every (seed, task, method) at the files' hyperparameters, seed-major."""
         return [
             Cell(task.name, method, seed, task.config, task.data)
             for seed in self.seeds
