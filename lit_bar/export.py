@@ -23,6 +23,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lit_bar.qkv import fuse_qkv, fused_config, refuse_qkv, split_qkv_modules
@@ -49,7 +50,12 @@ __all__ = [
 
 
 # --------------------------------------------------------------------- adapters out
-def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    base_model_name_or_path: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``model``'s LoRA adapter (and ``modules_to_save``) as a peft ``save_pretrained`` folder.
 
     Split GPT-2 q/k/v projections are fused back into one ``c_attn`` pair (:mod:`lit_bar.qkv`).
@@ -58,6 +64,8 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
         model: A ``peft.PeftModel`` (a task module's ``model`` attribute).
         directory: The folder to write (created).
         base_model_name_or_path: Recorded in ``adapter_config.json`` as the base to load.
+        state: The adapter's tensors (``get_peft_model_state_dict``'s keys) when gathered already,
+            e.g. the full tensors of an FSDP2-sharded model; ``None`` reads them from ``model``.
 
     Returns:
         The folder.
@@ -75,7 +83,7 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
             "(lora: null finetunes every weight; use save_merged for a full model)"
         )
     config = copy.deepcopy(model.peft_config["default"])
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model) if state is None else state
     for prefix, parts in split_qkv_modules(model).items():
         state = fuse_qkv(state, prefix, parts)
         config = fused_config(config, prefix.rsplit(".", 1)[-1], parts)

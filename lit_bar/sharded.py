@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import torch
 import torch.distributed
 
-__all__ = ["fully_shard_blocks", "global_norm_squares", "is_sharded", "local", "shard_group"]
+__all__ = [
+    "any_over_shards",
+    "fully_shard_blocks",
+    "global_norm_squares",
+    "is_sharded",
+    "local",
+    "shard_group",
+]
 
 
 def _dtensor_type() -> type | None:
@@ -44,8 +51,13 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
-def shard_group(tensors: Sequence[torch.Tensor | None]) -> torch.distributed.ProcessGroup | None:
+def shard_group(
+    tensors: Sequence[torch.Tensor | None], whole_ok: bool = False
+) -> torch.distributed.ProcessGroup | None:
     """The process group the sharded ones of ``tensors`` are split over, or ``None`` if none is sharded.
+
+    ``whole_ok``: whole tensors may sit beside sharded ones (for a per-tensor question, such as
+    finiteness, that each process answers alike for a whole tensor; not for sums).
 
     Raises:
         ValueError: Whole tensors mixed with sharded ones, or a tensor placed on a mesh of more than
@@ -66,7 +78,7 @@ def shard_group(tensors: Sequence[torch.Tensor | None]) -> torch.distributed.Pro
             )
         if group is None:
             group = mesh.get_group()
-    if group is not None and plain:
+    if group is not None and plain and not whole_ok:
         raise ValueError(
             f"{plain} of the tensors are whole (not DTensors) beside sharded ones: under FSDP2 every "
             "trainable parameter must be sharded (fully_shard the module that holds it, or its root)"
@@ -81,6 +93,16 @@ def global_norm_squares(squares: torch.Tensor, group: torch.distributed.ProcessG
     if group is not None:
         torch.distributed.all_reduce(total, group=group)
     return total
+
+
+def any_over_shards(flags: torch.Tensor, group: torch.distributed.ProcessGroup | None) -> torch.Tensor:
+    """Elementwise OR of the bool ``flags`` over the processes of ``group`` (one all-reduce); the
+    identity for ``group=None``. Each process judges its own slices; the verdict must be everyone's."""
+    if group is None:
+        return flags
+    total = flags.to(torch.int32)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=group)
+    return total.bool()
 
 
 def fully_shard_blocks(

@@ -14,6 +14,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_flatten
 
+from lit_bar.sharded import any_over_shards, local, shard_group
+
 __all__ = [
     "NonFiniteError",
     "all_finite",
@@ -49,12 +51,13 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """0-d bool tensor on the first tensor's device: every element of every tensor is finite.
 
     No host sync: max |t| per tensor with one ``torch._foreach_norm(ord=inf)`` (NaN propagates), so
-    it is finite exactly when the tensor is. ``True`` (on the CPU) for no tensors.
+    it is finite exactly when the tensor is. ``True`` (on the CPU) for no tensors. FSDP2-sharded
+    tensors: this process's slices (the caller combines the processes' verdicts).
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    peaks = torch._foreach_norm(list(tensors), float("inf"))
-    device = tensors[0].device
+    peaks = torch._foreach_norm([local(t) for t in tensors], float("inf"))
+    device = local(tensors[0]).device
     return torch.stack([torch.isfinite(p).to(device) for p in peaks]).all()
 
 
@@ -64,10 +67,11 @@ def non_finite_names(named: Mapping[str, torch.Tensor]) -> list[str]:
     items = [(name, t) for name, t in items if t.numel()]
     if not items:
         return []
-    peaks = torch._foreach_norm([t for _, t in items], float("inf"))
-    device = items[0][1].device
-    finite = torch.stack([torch.isfinite(p).to(device) for p in peaks])
-    return [name for (name, _), ok in zip(items, finite.tolist(), strict=True) if not ok]  # one copy
+    peaks = torch._foreach_norm([local(t) for _, t in items], float("inf"))
+    device = local(items[0][1]).device
+    bad = torch.stack([~torch.isfinite(p).to(device) for p in peaks])
+    bad = any_over_shards(bad, shard_group([t for _, t in items], whole_ok=True))  # FSDP2: all slices
+    return [name for (name, _), flag in zip(items, bad.tolist(), strict=True) if flag]  # one copy
 
 
 def batch_size(batch: Any) -> int:

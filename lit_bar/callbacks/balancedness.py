@@ -23,6 +23,7 @@ from typing_extensions import override
 from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
 from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
 from lit_bar.steps import is_logging_step, total_optimizer_steps
+from lit_bar.strategies import is_fsdp2
 
 __all__ = ["BalancednessCallback", "log_abs_balancedness"]
 
@@ -87,6 +88,8 @@ class BalancednessCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if is_fsdp2(trainer.strategy):  # configure_model (after setup) swapped in sharded parameters
+            self.bar.pairs = resolve_pairs(pl_module, self.pair_spec, "BalancednessCallback")
         if self.schedule != "constant" and self.total_steps is None:
             self.total_steps = total_optimizer_steps(trainer, pl_module)
         self.bar.total_steps = self.total_steps

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_bar.export import restore_frozen_weights, save_adapter, save_merged
+from lit_bar.sharded import is_sharded
 from lit_bar.step_utils import NonFiniteError, non_finite_names
 
 __all__ = ["AdapterExport"]
@@ -66,6 +67,9 @@ class AdapterExport(Callback):
             rank_zero_info(f"AdapterExport: {type(pl_module).__name__} has no peft adapter; nothing exported")
             return
         source = best_checkpoint(trainer)
+        if any(is_sharded(p) for p in model.parameters()):
+            self._export_sharded(trainer, pl_module, model, log_dir, source)
+            return
         if source is None:  # every rank: the weights are the same on all of them
             self._refuse_non_finite(model, "at the end of training")
         if not trainer.is_global_zero:
@@ -83,11 +87,46 @@ class AdapterExport(Callback):
         origin = f"the best checkpoint {source}" if source else "the end of training"
         rank_zero_info(f"AdapterExport: wrote {', '.join(map(str, written))} from {origin}")
 
-    def _refuse_non_finite(self, model: torch.nn.Module, where: str) -> None:
+    def _export_sharded(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        model: torch.nn.Module,
+        log_dir: Path,
+        source: str | None,
+    ) -> None:
+        """FSDP2: every rank gathers the adapter's full tensors (an all-gather per tensor, LoRA-sized),
+        from the best checkpoint when there is one; rank 0 writes the same folder as under DDP."""
+        from peft import get_peft_model_state_dict
+
+        if self.merged_dirname is not None:
+            raise ValueError(
+                f"AdapterExport(merged_dirname={self.merged_dirname!r}) under FSDP2: merging needs every "
+                "base weight on one process; export the adapter (merged_dirname: null) and merge it "
+                "afterwards with lit_bar.export.save_merged on a machine that holds the model"
+            )
+        with checkpoint_weights(pl_module, source):
+            state = {
+                k: v.full_tensor() if is_sharded(v) else v
+                for k, v in get_peft_model_state_dict(model).items()
+            }
+        origin = f"the best checkpoint {source}" if source else "the end of training"
+        self._refuse_non_finite(model, f"in {origin}", state)
+        if trainer.is_global_zero:
+            written = save_adapter(
+                model, log_dir / self.dirname, pl_module.hparams.get("model_name_or_path"), state
+            )
+            rank_zero_info(f"AdapterExport: wrote {written} from {origin} (FSDP2: gathered)")
+
+    def _refuse_non_finite(
+        self, model: torch.nn.Module, where: str, exported: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Raise before writing anything if a tensor to be exported is NaN/inf (a diverged run)."""
         from peft import PeftModel, get_peft_model_state_dict
 
-        if self.merged_dirname is not None or not isinstance(model, PeftModel):
+        if exported is not None:
+            pass
+        elif self.merged_dirname is not None or not isinstance(model, PeftModel):
             exported = model.state_dict()  # the merged model's: every weight (the adapter's among them)
         else:
             exported = get_peft_model_state_dict(model)
@@ -121,6 +160,18 @@ def checkpoint_weights(module: torch.nn.Module, path: str | None) -> Iterator[No
     checkpoint: dict[str, Any] = {
         "state_dict": torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     }
+    if any(is_sharded(p) for p in module.parameters()):  # FSDP2: every rank loads its slices
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        held = set(checkpoint["state_dict"])
+        current = {k: v.full_tensor() for k, v in module.state_dict().items() if k in held}
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(module, checkpoint["state_dict"], options=options)
+        try:
+            yield
+        finally:
+            set_model_state_dict(module, current, options=options)
+        return
     held = set(checkpoint["state_dict"])
     current = {k: v.detach().clone() for k, v in module.state_dict().items() if k in held}
     restore_frozen_weights(module, checkpoint)

@@ -23,6 +23,7 @@ from typing_extensions import override
 from lit_bar.callbacks.balancedness import BalancednessCallback, log_abs_balancedness
 from lit_bar.pairs import FactorPair, balancedness, module_pairs
 from lit_bar.steps import is_logging_step
+from lit_bar.strategies import is_fsdp2
 
 __all__ = ["BalancednessMonitor"]
 
@@ -59,6 +60,11 @@ class BalancednessMonitor(Callback):
                 f"BalancednessMonitor: {type(pl_module).__name__} has no scale-invariant pairs "
                 "(no LoRA layers): nothing to monitor, no balancedness will be logged"
             )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if is_fsdp2(trainer.strategy):  # configure_model (after setup) swapped in sharded parameters
+            self.pairs = module_pairs(pl_module)
 
     @override
     def on_before_optimizer_step(
