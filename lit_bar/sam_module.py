@@ -185,6 +185,9 @@ class SAMModule(LightningModule):
         after building it: that one line is all it needs for sharded training."""
         if is_fsdp2(self.trainer.strategy):
             fully_shard_blocks(self, self.device_mesh["data_parallel"], self.sharded_blocks)
+            # the strategy loads a checkpoint into the module itself, before on_load_checkpoint can
+            # put back the frozen weights that lean LoRA-only checkpoints leave out
+            self.strict_loading = False
 
     #: Class names of the blocks FSDP2 shards one by one; ``None``: the model's ``_no_split_modules``.
     sharded_blocks: tuple[str, ...] | None = None

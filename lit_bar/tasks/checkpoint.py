@@ -67,8 +67,12 @@ def restore_frozen_weights(module: nn.Module, checkpoint: dict[str, Any]) -> Non
     """Fill the frozen parameters a checkpoint lacks with ``module``'s own (call in ``on_load_checkpoint``).
 
     The module has just loaded them from ``model_name_or_path``; loading then stays strict, so a missing
-    *trainable* parameter or an unexpected key still fails.
+    *trainable* parameter or an unexpected key still fails. Under FSDP2 the strategy has loaded the
+    weights into the sharded module already (non-strictly: :meth:`lit_bar.SAMModule.configure_model`)
+    and the checkpoint holds no ``state_dict`` any more: nothing to fill then.
     """
+    if "state_dict" not in checkpoint:
+        return
     state = checkpoint["state_dict"]
     own = module.state_dict()
     for name in _frozen_names(module):
