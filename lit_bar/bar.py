@@ -192,7 +192,7 @@ def finite_gradients(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
         return None
-    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+    norms = torch.stack([n.float() for n in torch._foreach_norm([local(g) for g in grads])])
     return torch.isfinite(norms).all().float()
 
 

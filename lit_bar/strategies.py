@@ -72,7 +72,9 @@ def check_strategy(strategy: object, owner: str) -> None:
     """Refuse the strategies the SAM step cannot run under, naming the supported spelling.
 
     Raises:
-        ValueError: FSDP1, DeepSpeed, or ``ModelParallelStrategy`` with tensor parallel size > 1.
+        ValueError: FSDP1, DeepSpeed, ``ModelParallelStrategy`` with tensor parallel size > 1, or
+            FSDP2 with fp16 loss scaling (a ``GradScaler`` judges each process's gradient shards
+            alone, so processes could skip different steps and drift apart).
     """
     name = type(strategy).__name__
     if isinstance(strategy, FSDPStrategy):
@@ -94,4 +96,11 @@ def check_strategy(strategy: object, owner: str) -> None:
             raise ValueError(
                 f"--trainer.strategy.tensor_parallel_size {size}: {owner} supports FSDP2 over data "
                 f"parallelism only (tensor parallel size 1): {FSDP2_FLAGS}"
+            )
+        plugin = getattr(strategy, "precision_plugin", None)
+        if getattr(plugin, "scaler", None) is not None:
+            raise ValueError(
+                f"--trainer.precision {getattr(plugin, 'precision', '16-mixed')} under FSDP2: fp16 loss "
+                f"scaling is not supported with sharded gradients in {owner} (each process's GradScaler "
+                "sees only its shards); use --trainer.precision bf16-mixed, bf16-true or 32-true"
             )

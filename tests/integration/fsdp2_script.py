@@ -89,14 +89,14 @@ def batches(world: int, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def run(method: str, devices: int) -> tuple[TinyLoRA, dict[str, Any]]:
+def run(method: str, devices: int, precision: str = "64-true") -> tuple[TinyLoRA, dict[str, Any]]:
     settings = dict(METHODS[method])
     bar = settings.pop("bar", None)
     module = TinyLoRA(**settings)
     callbacks = [BalancednessCallback(mode=bar, mu=1.0)] if bar else []
     trainer = Trainer(
         accelerator="cpu", devices=devices, strategy="fsdp2" if devices > 1 else "auto",
-        max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_steps=STEPS, precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=50, callbacks=callbacks, use_distributed_sampler=False,
     )  # fmt: skip
     rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -146,9 +146,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--precision", default="64-true")
     args = parser.parse_args()
     for method in args.methods:
-        _, record = run(method, devices=2)
+        _, record = run(method, devices=2, precision=args.precision)
         rank = torch.distributed.get_rank()
         record["rank"] = rank
         torch.save(record, os.path.join(args.out, f"{method}_rank{rank}.pt"))

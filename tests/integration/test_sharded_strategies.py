@@ -61,3 +61,14 @@ def test_lit_bar_fit_with_fsdp_fails_with_the_message_on_gpu(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="shards with FSDP2 instead"):
         trainer.fit(NOPModule(rho=0.05), ToyNoiseDataModule(shape=(10, 10), steps=2))
+
+
+def test_fp16_loss_scaling_under_fsdp2_is_refused() -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    strategy.precision_plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(
+        ValueError, match=r"--trainer.precision 16-mixed under FSDP2: .*use --trainer.precision bf16-mixed"
+    ):
+        _with_strategy(strategy).setup("fit")
