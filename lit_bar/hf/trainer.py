@@ -121,9 +121,11 @@ class SAMTrainer(Trainer):
         }
         for name, enabled in unsupported.items():
             if enabled:
+                sharded = " (sharded SAM runs under Lightning: lit-bar --trainer.strategy fsdp2)"
                 raise ValueError(
                     f"SAMTrainer does not support {name}: use one process per device (DDP: "
                     "`accelerate launch` or `torchrun`), with or without fp16/bf16"
+                    + (sharded if name == "FSDP" else "")
                 )
         if (
             self.sam_engine.perturbation == "functional"
