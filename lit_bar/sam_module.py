@@ -47,32 +47,30 @@ manual optimization, so they are arguments of this module under the same names.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils._pytree import tree_flatten
 from typing_extensions import override
 
 from lit_bar.engine import PERTURBATIONS, SAMEngine
-from lit_bar.lightning_compat import drop_earlier_step_values, load_dropped_loader_state
+from lit_bar.lightning_compat import drop_earlier_step_values
 from lit_bar.optim.groups import apply_lr_scales
-from lit_bar.optim.perturbation import global_norm, validate_precondition
-from lit_bar.optim.sam import validate_rho
-from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
+from lit_bar.optim.perturbation import global_norm
+from lit_bar.optim.settings import SAMSettings, check_adam
+from lit_bar.sam_front import EvaluationHooks, LightningFrontEnd, step_schedulers
+from lit_bar.sam_resume import ExactResume
 from lit_bar.sharded import fully_shard_blocks
-from lit_bar.step_utils import NonFiniteError, batch_size, non_finite_names
 from lit_bar.steps import is_logging_step, optimizer_steps, run_length
 from lit_bar.strategies import check_strategy, is_fsdp2
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
 
 
-class SAMModule(LightningModule):
+class SAMModule(ExactResume, EvaluationHooks, LightningModule):
     """LightningModule base class with the SAM step built in (manual optimization).
 
     Args:
@@ -118,28 +116,22 @@ class SAMModule(LightningModule):
         self.lr_scheduler = lr_scheduler
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self._resumed: dict[str, Any] = {}  # a checkpoint's RNG states / partial window, for train start
-        self.rho = validate_rho(rho)
-        self.adaptive = bool(adaptive)
-        self.perturbation = _check_choice("perturbation", perturbation, PERTURBATIONS)
-        self.precondition = validate_precondition(precondition)
+        self.sam_settings = SAMSettings(rho, adaptive, m, perturbation, precondition)  # checked there
+        self.rho, self.adaptive, self.m = self.sam_settings.rho, adaptive, m
+        self.perturbation, self.precondition = perturbation, precondition
         self.lr_scheduler_interval = _check_choice(
             "lr_scheduler_interval", lr_scheduler_interval, ("step", "epoch")
         )
         self.gradient_clip_algorithm = _check_choice(
             "gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value")
         )
-        if adaptive and precondition is not None:
-            raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
-        if m is not None and (not isinstance(m, int) or m < 1):
-            raise ValueError(f"m must be a positive int (examples per perturbation chunk) or None, got {m!r}")
         if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be an int >= 1, got {accumulate_grad_batches!r}")
         if gradient_clip_val is not None and not gradient_clip_val >= 0:
             raise ValueError(f"gradient_clip_val must be >= 0 or None, got {gradient_clip_val!r}")
-        self.m = m
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
-        self._engine = SAMEngine(rho, adaptive, m, perturbation, precondition)  # the step's algorithm
+        self._engine = SAMEngine(settings=self.sam_settings)  # the step's algorithm
         self._descent_norm: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- the subclass's part
@@ -183,7 +175,7 @@ class SAMModule(LightningModule):
         ``_no_split_modules``, or in :attr:`sharded_blocks`, then each child holding parameters);
         nothing otherwise. A subclass that builds its network here calls ``super().configure_model()``
         after building it: that one line is all it needs for sharded training."""
-        if is_fsdp2(self.trainer.strategy):
+        if self._trainer is not None and is_fsdp2(self.trainer.strategy):  # load_from_checkpoint: none
             fully_shard_blocks(self, self.device_mesh["data_parallel"], self.sharded_blocks)
             # the strategy loads a checkpoint into the module itself, before on_load_checkpoint can
             # put back the frozen weights that lean LoRA-only checkpoints leave out
@@ -225,12 +217,7 @@ class SAMModule(LightningModule):
             )
         optimizer = apply_lr_scales(self.optimizer(groups))  # groups with "lr_scale" (LoRA+): lr × scale
         self._engine.settings(optimizer.param_groups)  # a group's own rho/adaptive, checked before training
-        if self.precondition == "adam" and not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-            raise ValueError(
-                "precondition='adam' reads Adam's second moment, but the optimizer is "
-                f"{type(optimizer).__name__}; "
-                "use torch.optim.Adam or AdamW, or precondition=None"
-            )
+        check_adam(optimizer, self.precondition)
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
@@ -276,35 +263,7 @@ class SAMModule(LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self._step_schedulers("epoch")
-
-    def evaluation_step(self, batch: Any, stage: str) -> torch.Tensor:
-        """One validation (``stage="val"``) or test (``"test"``) batch; logs ``{stage}/loss``.
-
-        Task modules override this one method (not ``validation_step``/``test_step``) to add metrics.
-        """
-        loss = self.compute_loss(batch)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch_size(batch))
-        return loss
-
-    def on_evaluation_epoch_end(self, stage: str) -> None:
-        """End of a validation (``"val"``) or test (``"test"``) epoch: log epoch-level metrics here."""
-
-    @override
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.evaluation_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.evaluation_step(batch, "test")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self.on_evaluation_epoch_end("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self.on_evaluation_epoch_end("test")
+        step_schedulers(self, "epoch")
 
     # ----------------------------------------------------------------- the SAM step
     @override
@@ -313,7 +272,7 @@ class SAMModule(LightningModule):
         last = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
         logging = is_logging_step(self.trainer)  # read on the window's last micro-batch
         loss = self._engine.micro_step(
-            _LightningFrontEnd(self),
+            LightningFrontEnd(self),
             batch,
             self.optimizers().optimizer.param_groups,  # a group's "rho"/"adaptive" apply to its parameters
             1.0 / self.accumulate_grad_batches,
@@ -346,157 +305,7 @@ class SAMModule(LightningModule):
             values = torch.stack([v.to(dtype) for v in stats.values()]).cpu()  # the one device→host copy
             for name, value in zip(stats, values, strict=True):
                 self.log(f"train/{name}", value, prog_bar=name == "loss")
-        self._step_schedulers("step")
-
-    def _step_schedulers(self, interval: str) -> None:
-        count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
-        for config in self.trainer.lr_scheduler_configs:
-            if config.interval != interval or count % config.frequency:
-                continue
-            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get(self.lr_scheduler_monitor)
-                if metric is None:
-                    logged = sorted(self.trainer.callback_metrics)
-                    raise ValueError(
-                        f"ReduceLROnPlateau monitors {self.lr_scheduler_monitor!r} (lr_scheduler_monitor), "
-                        f"which was not logged before the {interval}'s scheduler step; logged: {logged}"
-                    )
-                config.scheduler.step(metric)
-            else:
-                config.scheduler.step()
-
-    # ----------------------------------------------------------------- checkpoints (exact resume)
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store each process's RNG states, and the accumulation window when the save falls inside one.
-
-        Only tensors, lists, dicts and numbers: ``torch.load(weights_only=True)`` reads the checkpoint.
-        A collective under DDP (Lightning calls this hook on every rank).
-
-        Raises:
-            NonFiniteError: A weight in the checkpoint is NaN/inf (training diverged): nothing is
-                written, so the previous checkpoint stays the newest (also for ``save_weights_only``
-                checkpoints, which skip the callbacks' hooks; the weights are equal on every rank).
-        """
-        bad = non_finite_names(checkpoint["state_dict"])  # one host sync per save
-        if bad:
-            more = f", ... ({len(bad) - 3} more)" if len(bad) > 3 else ""
-            raise NonFiniteError(
-                f"refusing to save a checkpoint at step {self.trainer.global_step}: {len(bad)} weight "
-                f"tensor(s) are NaN/inf ({', '.join(bad[:3])}{more}): training diverged (lit_bar.callbacks."
-                "FiniteCheck names the step and the likely cause)"
-            )
-        world = self.trainer.world_size
-        checkpoint["rng_states"] = gather_per_rank(collect_rng_states(), world)
-        window = self._window_state()
-        if window is not None:
-            checkpoint["sam_window"] = gather_per_rank(window, world)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the RNG states and partial window for :meth:`on_train_start` (a fit resuming only)."""
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            self._resumed = {k: checkpoint[k] for k in ("rng_states", "sam_window") if k in checkpoint}
-
-    def _apply_resumed_state(self) -> None:
-        """Restore this rank's window and RNG states: at train start, once the fit loop has built the
-        training loader and its iterator (so nothing draws from the generators afterwards)."""
-        self._load_dropped_loader_state()
-        resumed, self._resumed = self._resumed, {}
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        window = resumed.get("sam_window")
-        if window is not None:
-            if len(window) != world:
-                raise ValueError(
-                    f"the checkpoint was saved inside an accumulation window by {len(window)} processes; "
-                    f"it resumes exactly only with {len(window)} (this run has {world}): resume from a "
-                    "checkpoint at an optimizer step (ModelCheckpoint(every_n_train_steps=...) saves there)"
-                )
-            self._load_window_state(window[rank])
-        states = resumed.get("rng_states")
-        if states is not None and len(states) == world:
-            restore_rng_states(states[rank])
-        elif states is not None:
-            rank_zero_warn(
-                f"the checkpoint holds the RNG states of {len(states)} processes, this run has {world}: "
-                "random generators not restored (dropout masks differ from an uninterrupted run)"
-            )
-
-    def _load_dropped_loader_state(self) -> None:
-        """Lightning #20550: a training loader built before the checkpoint's restore (by
-        ``trainer.estimated_stepping_batches`` in a subclass's ``configure_optimizers``, say) never
-        gets the checkpoint's position. Load it now, before the first batch, and restart the fetcher's
-        iterator, as Lightning's own resume path does (``lit_bar.steps`` avoids the trap altogether)."""
-        load_dropped_loader_state(self.trainer)
-
-    def _window_state(self) -> dict[str, Any] | None:
-        """The accumulation window in progress (``None`` at an optimizer-step boundary): the engine's
-        pending micro-batches and sums, and the gradients accumulated so far."""
-        state = self._engine.state_dict()
-        grads = [p.grad for p in self._trainable()]
-        if not state and all(g is None for g in grads):
-            return None
-        return {"engine": state, "grads": grads, "accumulate_grad_batches": self.accumulate_grad_batches}
-
-    def _load_window_state(self, state: dict[str, Any]) -> None:
-        saved = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
-        if saved != self.accumulate_grad_batches:
-            raise ValueError(
-                f"the checkpoint was saved inside a window of accumulate_grad_batches={saved}; resume it "
-                f"with that value (this run has {self.accumulate_grad_batches}), or from a checkpoint at "
-                "an optimizer step"
-            )
-        if state["engine"]:
-            self._engine.load_state_dict(state["engine"], self.device)
-        for param, grad in zip(self._trainable(), state["grads"], strict=True):
-            param.grad = None if grad is None else grad.to(param.device)
-
-    # ----------------------------------------------------------------- helpers
-    def _trainable(self) -> list[torch.Tensor]:
-        optimizer = self.optimizers().optimizer
-        return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-
-
-class _LightningFrontEnd:
-    """:class:`lit_bar.engine.FrontEnd` over a SAMModule: its loss, its precision plugin, its strategy."""
-
-    def __init__(self, module: SAMModule) -> None:
-        self.module = module
-        self.world_size = module.trainer.world_size
-
-    def loss(self, batch: Any) -> torch.Tensor:
-        return self.module.compute_loss(batch)
-
-    def loss_and_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.module.compute_outputs(batch)
-        return self.module.loss_from_outputs(outputs, batch), outputs
-
-    def outputs(self, batch: Any) -> torch.Tensor:
-        return self.module.compute_outputs(batch)
-
-    def scale(self, tensor: torch.Tensor) -> torch.Tensor:
-        scaler = getattr(self.module.trainer.precision_plugin, "scaler", None)
-        return scaler.scale(tensor) if scaler is not None else tensor
-
-    def backward(self, tensor: torch.Tensor, gradient: torch.Tensor | None = None) -> None:
-        """``manual_backward`` (hooks, DDP, the plugin's loss scaling); a seeded backward's
-        ``gradient`` carries the loss scale already, so the plugin's scaler sits that one out."""
-        if gradient is None:
-            self.module.manual_backward(tensor)
-            return
-        plugin = self.module.trainer.precision_plugin
-        scaler = getattr(plugin, "scaler", None)
-        if scaler is not None:
-            plugin.scaler = None
-        try:
-            self.module.manual_backward(tensor, gradient=gradient)
-        finally:
-            if scaler is not None:
-                plugin.scaler = scaler
-
-    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
-        block = getattr(self.module.trainer.strategy, "block_backward_sync", None)
-        return contextlib.nullcontext() if block is None else block()
+        step_schedulers(self, "step")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:

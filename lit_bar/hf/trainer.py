@@ -47,6 +47,7 @@ from typing_extensions import override
 
 from lit_bar.engine import SAMEngine
 from lit_bar.hf.callback import run_first, will_log
+from lit_bar.optim.settings import check_adam
 from lit_bar.step_utils import frozen_batchnorm, rng_state, set_rng_state
 
 __all__ = ["SAMTrainer"]
@@ -143,14 +144,8 @@ class SAMTrainer(Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         self.sam_engine.settings(optimizer.param_groups)  # a group's own rho/adaptive, checked up front
-        if self.sam_engine.precondition == "adam":
-            base = getattr(optimizer, "optimizer", optimizer)
-            if not isinstance(base, torch.optim.Adam | torch.optim.AdamW):
-                raise ValueError(
-                    f"precondition='adam' reads Adam's second moment, but the optimizer is "
-                    f"{type(base).__name__}; use optim='adamw_torch' (or another torch Adam/AdamW), "
-                    "or precondition=None"
-                )
+        base = getattr(optimizer, "optimizer", optimizer)
+        check_adam(base, self.sam_engine.precondition, "optim='adamw_torch' (or another torch Adam/AdamW)")
         return optimizer
 
     @override

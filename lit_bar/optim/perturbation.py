@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lit_bar.optim.settings import PRECONDITIONERS, check_exclusive, validate_precondition
 from lit_bar.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
@@ -27,17 +28,6 @@ __all__ = [
     "sam_perturbation",
     "validate_precondition",
 ]
-
-PRECONDITIONERS = ("adam",)
-
-
-def validate_precondition(precondition: str | None) -> str | None:
-    """Return ``precondition`` if it is ``None`` or a known name, else raise ``ValueError``."""
-    if precondition is not None and precondition not in PRECONDITIONERS:
-        allowed = ", ".join(PRECONDITIONERS)
-        raise ValueError(f"unknown preconditioner {precondition!r}; allowed: None, {allowed}")
-    return precondition
-
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖(t₁, …, t_n)‖₂ over all tensors together, as a 0-d tensor on the first one's device.
@@ -152,8 +142,7 @@ def sam_perturbation(
     """
     validate_precondition(precondition)
     flags = [bool(adaptive)] * len(params) if isinstance(adaptive, bool) else [bool(a) for a in adaptive]
-    if any(flags) and precondition is not None:
-        raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
+    check_exclusive(any(flags), precondition)
     group = shard_group([*params, *grads])  # FSDP2: local slices, one scalar all-reduce per norm
     owners, params = params, [local(p) for p in params]
     # Widen half-precision gradients to float32; float32 and float64 stay as they are.

@@ -32,16 +32,10 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lit_bar.optim.perturbation import sam_perturbation, validate_precondition
+from lit_bar.optim.perturbation import sam_perturbation
+from lit_bar.optim.settings import check_adam, check_exclusive, validate_precondition, validate_rho
 
 __all__ = ["SAM"]
-
-
-def validate_rho(rho: float) -> float:
-    """Return ``rho`` if it is a finite number ≥ 0, else raise ``ValueError``."""
-    if not isinstance(rho, int | float) or not rho >= 0 or rho == float("inf"):
-        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    return float(rho)
 
 
 class SAM(Optimizer):
@@ -71,19 +65,13 @@ class SAM(Optimizer):
     ) -> None:
         validate_rho(rho)
         validate_precondition(precondition)
-        if adaptive and precondition is not None:
-            raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
+        check_exclusive(adaptive, precondition)
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
         for group in self.param_groups:  # a group may set its own rho/adaptive
             validate_rho(group["rho"])
-            if group["adaptive"] and precondition is not None:
-                raise ValueError("adaptive=True and precondition are exclusive: choose one way to shape ε")
+            check_exclusive(group["adaptive"], precondition)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
-        if precondition == "adam" and not _is_adam(self.base_optimizer):
-            raise ValueError(
-                f"precondition='adam' reads Adam's second moment, but the base optimizer is "
-                f"{type(self.base_optimizer).__name__}; use torch.optim.Adam or AdamW, or precondition=None"
-            )
+        check_adam(self.base_optimizer, precondition)
         self.precondition = precondition
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -174,6 +162,3 @@ class SAM(Optimizer):
             group.setdefault("rho", self.defaults["rho"])
             group.setdefault("adaptive", self.defaults["adaptive"])
 
-
-def _is_adam(optimizer: Optimizer) -> bool:
-    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)

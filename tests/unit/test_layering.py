@@ -62,9 +62,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lit_bar.sharpness",
             "lit_bar.sharpness.*",
             "lit_bar.sharded",
+            "lit_bar.optim.settings",
         ],
     ),
-    ("engine", ["lit_bar.engine"]),
+    ("engine", ["lit_bar.engine", "lit_bar.engine.*"]),
     (
         "support",
         [
@@ -81,7 +82,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "front ends",
-        ["lit_bar.sam_module", "lit_bar.strategies", "lit_bar.callbacks.*", "lit_bar.hf", "lit_bar.hf.*"],
+        [
+            "lit_bar.sam_module",
+            "lit_bar.sam_front",
+            "lit_bar.sam_resume",
+            "lit_bar.strategies",
+            "lit_bar.callbacks.*",
+            "lit_bar.hf",
+            "lit_bar.hf.*",
+        ],
     ),
     (
         "tasks",
