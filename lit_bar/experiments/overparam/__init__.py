@@ -1,4 +1,4 @@
-"""SAM and nBAR under overparameterisation (seed 003): the test-accuracy gap to the base optimizer
+"""SAM and nBAR under overparameterisation (docs/overparam.md): the test-accuracy gap to the base optimizer
 against trainable parameters / training examples (``scripts/overparam_study.py``; reading in
 ``docs/overparam.md``).
 

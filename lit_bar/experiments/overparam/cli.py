@@ -1,4 +1,4 @@
-"""SAM and nBAR under overparameterisation (seed 003): test-accuracy gap to the base optimizer.
+"""SAM and nBAR under overparameterisation (docs/overparam.md): test-accuracy gap to the base optimizer.
 
     python scripts/overparam_study.py --quick --out outputs/overparam_quick
     python scripts/overparam_study.py --parts mlp --methods base SAM --num-seeds 30 --out outputs/op

@@ -97,7 +97,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Search:
-    """The paper's selection on a dev split (seed 001, Appendix D): LoRA's learning rate first, then, at
+    """The paper's selection on a dev split (its Appendix D): LoRA's learning rate first, then, at
     that rate, each method's own knobs; every candidate trained once, with ``seed``; the best dev metric
     wins (ties: the earlier candidate). The final runs then use the grid's seeds.
 
