@@ -1,13 +1,15 @@
 """SAMModule under FSDP2 (``--trainer.strategy fsdp2``) on 2 CPU processes (gloo): run by
 tests/integration/test_fsdp2.py in a subprocess, and importable for the 1-process reference.
 
-    python fsdp2_script.py --out DIR [--methods sam nbar ...]
+    python fsdp2_script.py --out DIR [--methods sam nbar ...] [--resume]
 
 For each method, a tiny float64 peft-LoRA RoBERTa trains :data:`STEPS` optimizer steps of
 :data:`GLOBAL_BATCH` rows in 2 micro-batches (``accumulate_grad_batches=2``); rank r reads the r-th
-half of every micro-batch's rows, so the 2-process run sees the 1-process run's batches. Rank 0
-writes ``DIR/<method>.pt``: the full trainable tensors, whether every parameter was a DTensor, each
-rank's bytes of frozen base weights, and the collectives the run made (all-reduces, reduce-scatters).
+half of every micro-batch's rows, so the 2-process run sees the 1-process run's batches. Rank r
+writes ``DIR/<method>_rank<r>.pt``: the full trainable tensors, whether every parameter was a
+DTensor, its bytes of frozen base weights, and the collectives the run made (all-reduces,
+reduce-scatters). ``--resume`` adds ``DIR/resumed_rank<r>.pt``: SAM + nBAR stopped and checkpointed
+after optimizer step 1, then resumed to the end.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lit_bar.callbacks import BalancednessCallback
 from lit_bar.sharded import is_sharded, local
 
 GLOBAL_BATCH, ACCUMULATE, STEPS, LENGTH, VOCAB = 8, 2, 3, 12, 50
+RESUMED = "sam_nbar"  # the method whose resumed run the test compares with its straight run
 
 METHODS: dict[str, dict[str, Any]] = {
     "lora": {"rho": 0.0},
@@ -89,20 +92,35 @@ def batches(world: int, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def run(method: str, devices: int, precision: str = "64-true") -> tuple[TinyLoRA, dict[str, Any]]:
+def run(
+    method: str,
+    devices: int,
+    precision: str = "64-true",
+    steps: int = STEPS,
+    checkpoints: str | None = None,
+    ckpt_path: str | None = None,
+) -> tuple[TinyLoRA, dict[str, Any]]:
+    """Train ``method`` for ``steps`` optimizer steps; with ``checkpoints``, save one there after
+    every optimizer step; with ``ckpt_path``, resume from it (the loader is stateful, as lit_bar's)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
     settings = dict(METHODS[method])
     bar = settings.pop("bar", None)
     module = TinyLoRA(**settings)
     callbacks = [BalancednessCallback(mode=bar, mu=1.0)] if bar else []
+    if checkpoints is not None:
+        callbacks.append(ModelCheckpoint(checkpoints, "{step}", every_n_train_steps=1, save_top_k=-1))
     trainer = Trainer(
         accelerator="cpu", devices=devices, strategy="fsdp2" if devices > 1 else "auto",
-        max_steps=STEPS, precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=50, callbacks=callbacks, use_distributed_sampler=False,
+        max_steps=steps, precision=precision, logger=False, enable_checkpointing=checkpoints is not None,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50, callbacks=callbacks,
+        use_distributed_sampler=False,
     )  # fmt: skip
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    loader = torch.utils.data.DataLoader(batches(devices, rank), batch_size=None)
+    loader = StatefulDataLoader(batches(devices, rank), batch_size=None)
     with _counting() as counts:
-        trainer.fit(module, loader)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
     trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
     frozen = [p for p in module.parameters() if not p.requires_grad]
     record = {
@@ -147,12 +165,18 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--resume", action="store_true", help="also the mid-epoch resume of sam_nbar")
     args = parser.parse_args()
     for method in args.methods:
         _, record = run(method, devices=2, precision=args.precision)
         rank = torch.distributed.get_rank()
         record["rank"] = rank
         torch.save(record, os.path.join(args.out, f"{method}_rank{rank}.pt"))
+    if args.resume:  # SAM + nBAR: stop after optimizer step 1 (mid-epoch), then resume to the end
+        folder = os.path.join(args.out, "checkpoints")
+        run(RESUMED, devices=2, steps=1, checkpoints=folder)
+        _, record = run(RESUMED, devices=2, ckpt_path=os.path.join(folder, "step=1.ckpt"))
+        torch.save(record, os.path.join(args.out, f"resumed_rank{torch.distributed.get_rank()}.pt"))
 
 
 if __name__ == "__main__":

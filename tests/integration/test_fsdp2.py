@@ -25,10 +25,13 @@ METHODS = list(fsdp2_script.METHODS)
 def two_process_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return {m: [torch.load(out / f"{m}_rank{r}.pt") for r in (0, 1)] for m in METHODS}
+    return {m: [torch.load(out / f"{m}_rank{r}.pt") for r in (0, 1)] for m in [*METHODS, "resumed"]}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -65,3 +68,12 @@ def test_collectives_per_step(two_process_runs):
         assert counts[method]["all_reduce"] == base["all_reduce"] + steps, method
         assert counts[method][scatter] == base[scatter], method
     assert counts["sam_nbar"]["all_reduce"] == base["all_reduce"] + 2 * steps
+
+
+def test_fsdp2_mid_epoch_resume_equals_the_straight_run(two_process_runs):
+    """Stopped after optimizer step 1 of 3 (one epoch), checkpointed, resumed: bitwise the straight run
+    (weights, AdamW state, loader position, RNG states and BAR's state all restored)."""
+    straight = two_process_runs[fsdp2_script.RESUMED][0]["params"]
+    for rank in two_process_runs["resumed"]:
+        for name, expected in straight.items():
+            assert torch.equal(rank["params"][name], expected), name
