@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import os
 import sys
@@ -25,10 +26,12 @@ import torch
 import torch.distributed
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
 
 from lit_bar import SAMModule
 from lit_bar.callbacks import BalancednessCallback
 from lit_bar.sharded import is_sharded, local
+from lit_bar.syncs import SyncCounter
 
 GLOBAL_BATCH, ACCUMULATE, STEPS, LENGTH, VOCAB = 8, 2, 3, 12, 50
 RESUMED = "sam_nbar"  # the method whose resumed run the test compares with its straight run
@@ -99,6 +102,7 @@ def run(
     steps: int = STEPS,
     checkpoints: str | None = None,
     ckpt_path: str | None = None,
+    count_syncs: bool = False,
 ) -> tuple[TinyLoRA, dict[str, Any]]:
     """Train ``method`` for ``steps`` optimizer steps; with ``checkpoints``, save one there after
     every optimizer step; with ``ckpt_path``, resume from it (the loader is stateful, as lit_bar's)."""
@@ -119,7 +123,9 @@ def run(
     )  # fmt: skip
     rank = int(os.environ.get("LOCAL_RANK", 0))
     loader = StatefulDataLoader(batches(devices, rank), batch_size=None)
-    with _counting() as counts:
+    syncs = SyncCounter(trace_backward=True)
+    callbacks.append(_Phases(syncs))
+    with _counting() as counts, syncs if count_syncs else contextlib.nullcontext():
         trainer.fit(module, loader, ckpt_path=ckpt_path)
     trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
     frozen = [p for p in module.parameters() if not p.requires_grad]
@@ -131,8 +137,24 @@ def run(
         "frozen_bytes": sum(local(p).numel() * p.element_size() for p in frozen),
         "frozen_bytes_whole": sum(p.numel() * p.element_size() for p in frozen),
         "counts": dict(counts),
+        "step_syncs": [str(r) for r in syncs.charged_to("lit_bar") if r.phase.startswith("batch")],
+        "counted_syncs": count_syncs,
+        "all_syncs": len(syncs.records),  # torch's, lightning's, ...: the counter saw the run
     }
     return module, record
+
+
+class _Phases(Callback):
+    """Stamps the sync counter's records with the training batch that issued them."""
+
+    def __init__(self, counter: SyncCounter) -> None:
+        self.counter = counter
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.counter.phase = f"batch {batch_idx}"
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+        self.counter.phase = "between batches"
 
 
 class _counting:
@@ -168,7 +190,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="also the mid-epoch resume of sam_nbar")
     args = parser.parse_args()
     for method in args.methods:
-        _, record = run(method, devices=2, precision=args.precision)
+        _, record = run(method, devices=2, precision=args.precision, count_syncs=method == RESUMED)
         rank = torch.distributed.get_rank()
         record["rank"] = rank
         torch.save(record, os.path.join(args.out, f"{method}_rank{rank}.pt"))
