@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lit_bar.lightning_compat import load_dropped_loader_state
+from lit_bar.nonfinite import NonFiniteError, non_finite_names
 from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
-from lit_bar.step_utils import NonFiniteError, non_finite_names
 
 __all__ = ["ExactResume"]
 

@@ -30,8 +30,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_bar.export import restore_frozen_weights, save_adapter, save_merged
+from lit_bar.nonfinite import NonFiniteError, non_finite_names
 from lit_bar.sharded import is_sharded
-from lit_bar.step_utils import NonFiniteError, non_finite_names
 
 __all__ = ["AdapterExport"]
 

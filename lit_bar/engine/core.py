@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
+from lit_bar.batches import batch_size, is_batched, rng_state, set_rng_state
 from lit_bar.engine.front import FrontEnd, all_reduce_sum
 from lit_bar.engine.passes import (
     ParamSettings,
@@ -44,17 +45,17 @@ from lit_bar.engine.passes import (
     param_settings,
     perturbed,
 )
+from lit_bar.engine.window import WindowCheckpoint
 from lit_bar.optim.perturbation import global_norm
 from lit_bar.optim.settings import SAMSettings
 from lit_bar.sharded import local, shard_group
-from lit_bar.step_utils import batch_size, is_batched, rng_state, set_rng_state
 
 __all__ = ["SAMEngine"]
 
 Params = Sequence[torch.Tensor] | Sequence[dict[str, Any]]
 
 
-class SAMEngine:
+class SAMEngine(WindowCheckpoint):
     """SAM's ascent / perturb / descent / restore over the micro-batches of an optimizer step.
 
     Args:
@@ -157,66 +158,6 @@ class SAMEngine:
         windows with ρ > 0 also ``grad_norm`` (‖mean ascent gradient‖, unscaled, over all
         processes) and, for ``perturbation="sam"``, ``sharpness`` (Σ wᵢ (Lᵢ(w + ε) − Lᵢ(w)))."""
         return dict(self._stats)
-
-    # ------------------------------------------------------------------ the window, for checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """The window in progress, in plain containers (``torch.load(weights_only=True)`` reads it);
-        ``{}`` at a window boundary."""
-        if not self._window and not self._sums:
-            return {}
-        return {
-            "window": [
-                {"batch": p.batch, "rng": list(p.rng), "seed": p.seed, "weight": p.weight}
-                for p in self._window
-            ],
-            "ascent": self._ascent,
-            "ascent_mean": self._ascent_mean,
-            "sums": dict(self._sums),
-            "logging": self._logging,
-        }
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
-        """Resume a window saved by :meth:`state_dict`, moving its tensors (not RNG states) to ``device``."""
-
-        def to(value: Any) -> Any:
-            if device is None:
-                return value
-            return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
-
-        if not state:
-            self._window, self._ascent, self._ascent_mean, self._sums = [], None, None, {}
-            return
-        self._window = [
-            Pending(to(p["batch"]), tuple(p["rng"]), to(p["seed"]), p["weight"]) for p in state["window"]
-        ]
-        self._ascent = to(state["ascent"])
-        self._ascent_mean = to(state["ascent_mean"])
-        self._sums = to(dict(state["sums"]))
-        self._logging = bool(state["logging"])
-
-    def window_state(self, params: Sequence[torch.Tensor], micro_batches: int) -> dict[str, Any] | None:
-        """The accumulation window in progress for a checkpoint (``None`` at an optimizer-step
-        boundary): the pending micro-batches and sums, and the gradients ``params`` hold so far."""
-        state = self.state_dict()
-        grads = [p.grad for p in params]
-        if not state and all(g is None for g in grads):
-            return None
-        return {"engine": state, "grads": grads, "accumulate_grad_batches": micro_batches}
-
-    def load_window_state(
-        self, state: dict[str, Any], params: Sequence[torch.Tensor], micro_batches: int, device: Any
-    ) -> None:
-        """Resume :meth:`window_state`'s window; refuse one saved with another window length."""
-        saved = state.get("accumulate_grad_batches", micro_batches)
-        if saved != micro_batches:
-            raise ValueError(
-                f"the checkpoint was saved inside a window of accumulate_grad_batches={saved}; resume it "
-                f"with that value (this run has {micro_batches}), or from a checkpoint at an optimizer step"
-            )
-        if state["engine"]:
-            self.load_state_dict(state["engine"], device)
-        for param, grad in zip(params, state["grads"], strict=True):
-            param.grad = None if grad is None else grad.to(param.device)
 
     # ------------------------------------------------------------------ bookkeeping
     def _add(self, key: str, value: torch.Tensor) -> None:

@@ -45,10 +45,10 @@ from torch import nn
 from transformers import Trainer
 from typing_extensions import override
 
+from lit_bar.batches import frozen_batchnorm, rng_state, set_rng_state
 from lit_bar.engine import SAMEngine
 from lit_bar.hf.callback import run_first, will_log
 from lit_bar.optim.settings import check_adam
-from lit_bar.step_utils import frozen_batchnorm, rng_state, set_rng_state
 
 __all__ = ["SAMTrainer"]
 

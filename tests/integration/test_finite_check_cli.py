@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny.hf import glue_cli_args, tiny_sst2
 
 from lit_bar.callbacks import AdapterExport
-from lit_bar.step_utils import NonFiniteError
+from lit_bar.nonfinite import NonFiniteError
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "lit_bar.optim.*",
             "lit_bar.methods",
             "lit_bar.methods.*",
-            "lit_bar.step_utils",
+            "lit_bar.batches",
+            "lit_bar.nonfinite",
             "lit_bar.syncs",
             "lit_bar.sharpness",
             "lit_bar.sharpness.*",
@@ -368,3 +369,26 @@ def test_the_private_attribute_scan_sees_them() -> None:
     assert sum(bool(LIGHTNING_PRIVATE.search(line.split("#", 1)[0])) for line in compat) >= 5
     assert LIGHTNING_PRIVATE.search("    return bool(trainer._logger_connector.should_update_logs)")
     assert not LIGHTNING_PRIVATE.search("        self._printed_step = trainer.global_step")
+
+
+# --------------------------------------------------------------------- sizes
+#: No module longer than this; the two front-line classes shorter than CLASS_LIMIT.
+FILE_LIMIT, CLASS_LIMIT = 400, 250
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > FILE_LIMIT
+    }
+    assert not long, f"modules over {FILE_LIMIT} lines (split them by concept): {long}"
+
+
+@pytest.mark.parametrize(
+    ("module", "name"), [("sam_module.py", "SAMModule"), ("engine/core.py", "SAMEngine")]
+)
+def test_the_step_classes_stay_small(module: str, name: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    assert node.end_lineno - node.lineno + 1 < CLASS_LIMIT, f"{name} has grown past {CLASS_LIMIT} lines"

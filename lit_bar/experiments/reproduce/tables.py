@@ -173,7 +173,7 @@ def _search_section(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict]
             text = f"**{text}** (chosen)"
         lines.append(f"| {cell.task} | {cell.method} | {cell.tag} | {text} |")
     steps = {t.name: _max_steps(t.config) for t in grid.tasks}
-    intro = "BAR's total strength Σ_t η_t μ_t at the chosen hyperparameters (the paper's protocol: ≈ 0.1–0.5):"
+    intro = "BAR's total strength Σ_t η_t μ_t at the chosen hyperparameters (paper's protocol: ≈ 0.1–0.5):"
     lines += ["", intro, "", "| task | steps | method | chosen | Σ η_t μ_t |", "|---|---|---|---|---|"]
     for (task, method), hparams in sorted(chosen.items()):
         values = dict(hparams)

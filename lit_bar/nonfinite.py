@@ -1,32 +1,20 @@
-"""Small pieces of the SAM step that are not SAM: batch slicing, RNG fork/replay, BatchNorm freezing,
-finiteness checks of weights and batches.
+"""Finiteness of weights, losses and batches, checked on the device (one host sync at most).
 
-Pure torch (no Lightning), used by :class:`lit_bar.SAMModule` and the callbacks.
+:class:`NonFiniteError` is what training raises when a loss, weight or batch value is NaN/inf (or a
+checkpoint or export would hold one). FSDP2-sharded tensors are judged by their local slices and
+the processes' verdicts combined (:func:`lit_bar.sharded.any_over_shards`). Pure torch.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils._pytree import tree_flatten
 
 from lit_bar.sharded import any_over_shards, local, shard_group
 
-__all__ = [
-    "NonFiniteError",
-    "all_finite",
-    "batch_size",
-    "float_tensors",
-    "frozen_batchnorm",
-    "is_batched",
-    "non_finite_names",
-    "rng_state",
-    "set_rng_state",
-]
+__all__ = ["NonFiniteError", "all_finite", "float_tensors", "non_finite_names"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -72,45 +60,3 @@ def non_finite_names(named: Mapping[str, torch.Tensor]) -> list[str]:
     bad = torch.stack([~torch.isfinite(p).to(device) for p in peaks])
     bad = any_over_shards(bad, shard_group([t for _, t in items], whole_ok=True))  # FSDP2: all slices
     return [name for (name, _), flag in zip(items, bad.tolist(), strict=True) if flag]  # one copy
-
-
-def batch_size(batch: Any) -> int:
-    leaves = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.ndim > 0]
-    if not leaves:
-        raise ValueError("cannot find the batch size: the batch holds no tensor with a batch dimension")
-    return leaves[0].shape[0]
-
-
-def is_batched(value: Any, size: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size
-
-
-def rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """CPU and CUDA generator states, so both SAM passes draw the same dropout masks."""
-    cuda = (
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    )
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-@contextlib.contextmanager
-def frozen_batchnorm(module: torch.nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running statistics out of the descent pass (SAM sees each batch twice)."""
-    saved = []
-    for bn in module.modules():
-        if isinstance(bn, _BatchNorm) and bn.track_running_stats:
-            saved.append((bn, bn.momentum, bn.num_batches_tracked.clone()))
-            bn.momentum = 0.0
-    try:
-        yield
-    finally:
-        for bn, momentum, tracked in saved:
-            bn.momentum = momentum
-            bn.num_batches_tracked.copy_(tracked)
