@@ -223,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plot", action="store_true", help="draw Fig. 3 from OUT/logs (scripts/plot_balancedness.py)"
     )
+    parser.add_argument(
+        "--plot-sharpness", action="store_true",
+        help="draw OUT/sharpness_vs_test.png: test metric against worst-case sharpness per run",
+    )  # fmt: skip
     parser.add_argument("--run-cell", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         run_cell(args.run_cell)
         return 0
     args.out = args.out.resolve()
-    if args.tables_only or args.plot:
+    if args.tables_only or args.plot or args.plot_sharpness:
         return tables_and_figure(args)
     grid = GRIDS[args.grid].select(args.tasks, args.methods, args.seeds)
     settings = grid_settings(grid, args)
@@ -266,6 +270,10 @@ def tables_and_figure(args: argparse.Namespace) -> int:
         from lit_bar.experiments.reproduce.balancedness_figure import plot_from_logs
 
         print(f"wrote {plot_from_logs(args.out)}")
+    if args.plot_sharpness:
+        from lit_bar.experiments.reproduce.sharpness_figure import plot_sharpness
+
+        print(f"wrote {plot_sharpness(args.out, GRIDS[args.grid])}")
     return 0
 
 

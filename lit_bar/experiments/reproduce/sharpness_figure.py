@@ -1,0 +1,101 @@
+"""The tuned grid's figure: each run's test metric against its final worst-case sharpness, coloured
+by method, one panel per task (issue "Does BAR do what the paper says?").
+
+    python scripts/reproduce.py --plot-sharpness --out docs/results/offline-tuned
+
+One point per ``ok`` row of ``OUT/runs.jsonl`` that has both figures: ``sharpness/worst`` (from
+``SharpnessMonitor`` in ``lit-bar test``) and the task's test metric. Rows at the selected
+hyperparameters (the final runs) are filled; the search's other candidates are hollow, so a reader
+sees what was chosen and what was tried. Nothing here reads the figure's numbers back: the tables
+(``tables.md``) carry the statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lit_bar.experiments.environment import pyplot
+from lit_bar.experiments.reproduce.grids import Grid, chosen_hparams
+from lit_bar.experiments.reproduce.tables import read_rows
+
+__all__ = ["FIGURE", "plot_sharpness", "sharpness_points"]
+
+FIGURE = "sharpness_vs_test.png"
+WORST = "sharpness/worst"
+
+
+def sharpness_points(
+    grid: Grid, rows: Sequence[dict[str, Any]], chosen: set[tuple[str, str, tuple]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """``{task: [{method, worst, value, metric, chosen}, ...]}`` from ``grid``'s ok rows.
+
+    ``chosen``: the (task, method, hparams) selected on dev; ``None`` marks every point chosen.
+    """
+    metrics = {t.name: t.metric or "test/accuracy" for t in grid.tasks}
+    points: dict[str, list[dict[str, Any]]] = {t.name: [] for t in grid.tasks}
+    for row in rows:
+        if row.get("grid") != grid.name or row.get("status") != "ok" or row.get("task") not in metrics:
+            continue
+        values, metric = row.get("metrics", {}), metrics[row["task"]]
+        if WORST not in values or metric not in values:
+            continue
+        hparams = tuple(tuple(h) for h in row.get("hparams", ()))
+        points[row["task"]].append(
+            {
+                "method": row["method"],
+                "worst": values[WORST],
+                "value": values[metric],
+                "metric": metric,
+                "chosen": chosen is None or (row["task"], row["method"], hparams) in chosen,
+            }
+        )
+    return points
+
+
+def plot_sharpness(out: Path, grid: Grid, png: Path | None = None) -> Path:
+    """Draw ``OUT/sharpness_vs_test.png`` (or ``png``) from ``OUT/runs.jsonl``; returns the path.
+
+    Raises:
+        SystemExit: No run of ``grid`` has both figures yet (nothing to draw).
+    """
+    rows = read_rows(out / "runs.jsonl")
+    chosen = None
+    if grid.search is not None:  # filled: the selected candidates (and their final runs)
+        chosen = {(t, m, tuple(tuple(h) for h in hp)) for (t, m), hp in chosen_hparams(grid, rows).items()}
+    points = sharpness_points(grid, rows, chosen)
+    tasks = [t for t, p in points.items() if p]
+    if not tasks:
+        raise SystemExit(
+            f"reproduce.py: error: no run of grid {grid.name} in {out / 'runs.jsonl'} has both "
+            f"{WORST} and its test metric yet"
+        )
+    plt = pyplot("reproduce.py: error: the sharpness figure")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
+    methods = sorted({p["method"] for t in tasks for p in points[t]})
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for method in methods:
+            for filled in (True, False):
+                mine = [p for p in points[task] if p["method"] == method and p["chosen"] == filled]
+                if not mine:
+                    continue
+                ax.scatter(
+                    [p["worst"] for p in mine],
+                    [p["value"] for p in mine],
+                    label=method if filled else f"{method} (search)",
+                    color=colours[method] if filled else "none",
+                    edgecolors=colours[method],
+                    s=36,
+                )
+        ax.set(xlabel="worst-case sharpness (ρ = 0.05, 3 ascent steps)", ylabel=points[task][0]["metric"])
+        ax.set_title(task)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    target = png or out / FIGURE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
+    plt.close(fig)
+    return target
