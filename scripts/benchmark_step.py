@@ -2,6 +2,7 @@
 
     python scripts/benchmark_step.py --json docs/benchmark.json --markdown docs/benchmark.md
     python scripts/benchmark_step.py --model tiny --lm tiny --rounds 1 --steps 2 --warmup 1   # smoke
+    python scripts/benchmark_step.py --strategies ddp fsdp2 --rows   # LoRA, nBAR, SAM on 2 CPU processes
 
 ``--help`` lists every option. The rows, the timing and the statistics are in
 ``lit_bar/experiments/benchmark/`` (a new row goes to ``lit_bar/experiments/methods.py``).

@@ -37,6 +37,45 @@ def test_benchmark_smoke_writes_every_row_ratio_and_memory(tmp_path: Path) -> No
     assert memory["peak_mib"] >= memory["before_mib"] > 0
 
 
+def test_benchmark_distributed_rows_under_ddp_and_fsdp2_on_two_processes(tmp_path: Path) -> None:
+    """``--strategies ddp fsdp2``: the rows train on 2 CPU processes, FSDP2's with every parameter a
+    sharded DTensor; a step's wall time is the slower rank's, its CPU time the ranks' sum; the
+    ratios are taken within each strategy and between them; peak memory comes per process."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_step.py"), "--model", "tiny", "--rounds", "1"]
+    cmd += ["--steps", "2", "--warmup", "1", "--batch", "4", "--length", "8", "--threads", "1"]
+    cmd += ["--rows", "--strategies", "ddp", "fsdp2", "--distributed-methods", "LoRA", "SAM"]
+    cmd += ["--memory-rows", "FSDP2 SAM", "--memory-steps", "1", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    dist, rows = result["distributed"], ["DDP LoRA", "DDP SAM", "FSDP2 LoRA", "FSDP2 SAM"]
+    assert result["summary"]["rows"] == {} and list(dist["times"]["wall"]) == rows  # no single-process rows
+    assert dist["meta"]["all_parameters_sharded"] == {"DDP LoRA": False, "DDP SAM": False,
+                                                      "FSDP2 LoRA": True, "FSDP2 SAM": True}  # fmt: skip
+    ranks = dist["per_rank_times"]
+    for row in rows:  # one round, 2 steps - 1 warm-up, per rank
+        (wall0,), (wall1,) = ranks["0"]["wall"][row], ranks["1"]["wall"][row]
+        (cpu0,), (cpu1,) = ranks["0"]["cpu"][row], ranks["1"]["cpu"][row]
+        assert dist["times"]["wall"][row] == [[max(wall0[0], wall1[0])]]
+        assert dist["times"]["cpu"][row] == [[cpu0[0] + cpu1[0]]]
+    ratios = {r["ratio"]: r for r in dist["summary"]["ratios"]}
+    assert set(ratios) == {"DDP SAM / DDP LoRA", "FSDP2 SAM / FSDP2 LoRA", "FSDP2 LoRA / DDP LoRA",
+                           "FSDP2 SAM / DDP SAM"}  # fmt: skip
+    wall = {row: dist["times"]["wall"][row][0][0] for row in rows}
+    assert ratios["FSDP2 SAM / DDP SAM"]["wall"]["median"] == pytest.approx(
+        wall["FSDP2 SAM"] / wall["DDP SAM"]
+    )
+    assert (
+        ratios["FSDP2 SAM / FSDP2 LoRA"]["limit"] == 2.05 and ratios["FSDP2 SAM / DDP SAM"]["limit"] is None
+    )
+    (memory,) = dist["memory"]
+    assert memory["row"] == "FSDP2 SAM" and [r["rank"] for r in memory["per_rank"]] == [0, 1]
+    for rank in memory["per_rank"]:
+        assert rank["fit_peak_mib"] >= rank["train_peak_mib"] >= rank["train_start_mib"] > 0
+    assert "| FSDP2 SAM |" in done.stdout and "VmHWM" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -44,6 +83,10 @@ def test_benchmark_smoke_writes_every_row_ratio_and_memory(tmp_path: Path) -> No
         (["--rounds", "0"], "--rounds must be >= 1"),
         (["--rows", "LoRA", "nonsense"], "--rows ['nonsense']: not available here"),
         (["--memory-rows", "LM nonsense"], "--memory-rows ['LM nonsense']: unknown"),
+        (["--rows"], "--rows is empty and no --strategies: nothing to time"),
+        (["--strategies", "fsdp2", "--processes", "3"], "--processes 3 with --batch 16: need >= 2 processes"),
+        (["--strategies", "fsdp2", "--distributed-methods", "Bi-LoRA"], "invalid choice: 'Bi-LoRA'"),
+        (["--memory-rows", "FSDP2 SAM"], "--memory-rows ['FSDP2 SAM']: unknown"),  # no --strategies
     ],
 )
 def test_benchmark_refuses_bad_arguments_by_name(

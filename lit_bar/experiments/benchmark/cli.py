@@ -17,6 +17,10 @@ the wall clock and the process CPU time are reported; on a loaded machine CPU ti
 
 Peak memory: each row again, each in its own fresh process (``--memory-steps`` steps), including
 SAM and Functional-SAM on a causal-LM objective (``--lm``); see ``runners.peak_memory`` there.
+
+Distributed rows (opt-in, ``--strategies ddp fsdp2``): LoRA, nBAR and SAM under DDP and FSDP2 on
+``--processes`` CPU processes, timed the same way, with peak memory per process and the ratios
+SAM/LoRA, nBAR/LoRA under each strategy and FSDP2/DDP per method; see ``distributed`` there.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from typing import Any
 
 import torch
 
+from lit_bar.experiments.benchmark import distributed
 from lit_bar.experiments.benchmark.models import build_model, make_batches
-from lit_bar.experiments.benchmark.report import markdown, summarise
+from lit_bar.experiments.benchmark.report import markdown, summarise, summarise_distributed
 from lit_bar.experiments.benchmark.runners import HF_ROWS, LIGHTNING, hf_available, peak_memory, profile, run
 from lit_bar.experiments.environment import ROOT, quiet_libraries
 
@@ -70,11 +75,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lm-shape", type=int, nargs=2, default=[8, 128], metavar=("BATCH", "LENGTH"), help="default 8 128"
     )
-    parser.add_argument("--rows", nargs="+", help="rows to time (default: every available row)")
+    parser.add_argument(
+        "--rows", nargs="*", help="single-process rows to time (default: every available row; none if empty)"
+    )
     parser.add_argument(
         "--memory-rows",
         nargs="*",
-        help=f"rows whose peak memory to measure (default: all timed rows + {LM_MEMORY_ROWS})",
+        help=f"rows whose peak memory to measure (default: all timed rows + {LM_MEMORY_ROWS} "
+        "when single-process rows are timed, + the distributed rows)",
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=list(distributed.STRATEGIES),
+        default=[],
+        help="also time the distributed rows under these strategies, on --processes CPU processes",
+    )
+    parser.add_argument(
+        "--distributed-methods",
+        nargs="+",
+        choices=distributed.METHODS,
+        default=list(distributed.DEFAULT_METHODS),
+        help=f"methods of the distributed rows (default {' '.join(distributed.DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="processes of the distributed rows (default 2)"
     )
     parser.add_argument("--memory-steps", type=int, default=3, help="steps per memory process (default 3)")
     parser.add_argument(
@@ -99,18 +124,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     available = [*LIGHTNING, "torch loop", *(r for r, ok in hf_available().items() if ok)]
     known = [*LIGHTNING, "torch loop", *HF_ROWS]
     args.unavailable = [r for r in HF_ROWS if r not in available]
-    args.rows = args.rows or available
+    args.rows = available if args.rows is None else args.rows
+    if not args.rows and not args.strategies:
+        parser.error("--rows is empty and no --strategies: nothing to time")
     bad = [r for r in args.rows if r not in available]
     if bad:
         parser.error(f"--rows {bad}: not available here; available: {available} (known: {known})")
     bad = [r for r in args.profile if r not in available]
     if bad:
         parser.error(f"--profile {bad}: not available here; available: {available}")
+    dist_rows = distributed.row_names(args.strategies, args.distributed_methods)
+    if args.strategies and (args.processes < 2 or args.batch % args.processes):
+        parser.error(
+            f"--processes {args.processes} with --batch {args.batch}: need >= 2 processes dividing the batch"
+        )
     if args.memory_rows is None:
-        args.memory_rows = [*args.rows, *LM_MEMORY_ROWS]
-    bad = [r for r in args.memory_rows if r not in [*available, *LM_MEMORY_ROWS]]
+        args.memory_rows = ([*args.rows, *LM_MEMORY_ROWS] if args.rows else []) + dist_rows
+    bad = [r for r in args.memory_rows if r not in [*available, *LM_MEMORY_ROWS, *dist_rows]]
     if bad:
-        parser.error(f"--memory-rows {bad}: unknown; choose from {[*available, *LM_MEMORY_ROWS]}")
+        parser.error(f"--memory-rows {bad}: unknown; choose from {[*available, *LM_MEMORY_ROWS, *dist_rows]}")
     return args
 
 
@@ -208,23 +240,30 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     backbone, description = build_model("cls", args.model)
     batches = make_batches(backbone.config.vocab_size, args.batch, args.length, args.steps, "cls")
-    print(f"timing {args.rows} on {description}, {args.rounds} rounds × {args.steps} steps", flush=True)
     if args.unavailable:
         print(f"not available in this checkout (lit_bar.hf): {args.unavailable}", flush=True)
     args.round_loads = []
-    times = time_rows(args, backbone, batches)
+    times: dict[str, Any] = {"wall": {}, "cpu": {}}
+    if args.rows:
+        print(f"timing {args.rows} on {description}, {args.rounds} rounds × {args.steps} steps", flush=True)
+        times = time_rows(args, backbone, batches)
     for row in args.profile:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         path = args.profile_dir / f"{row.replace(' ', '_').replace('+', '_')}.txt"
         path.write_text(profile(row, backbone, batches, torch.device(args.device)))
         print(f"profile of {row}: {path}", flush=True)
     memory = []
-    for row in args.memory_rows:
+    dist_rows = distributed.row_names(args.strategies, args.distributed_methods)
+    for row in (r for r in args.memory_rows if r not in dist_rows):
         print(f"peak memory of {row} in its own process ...", flush=True)
         memory.append(memory_in_subprocess(row, args))
         print(f"  {memory[-1]}", flush=True)
-    meta = describe_run(args, description, load_before)
-    write_result({"meta": meta, "times": times, "summary": summarise(times), "memory": memory}, args)
+    result = {"meta": None, "times": times, "summary": summarise(times), "memory": memory}
+    if args.strategies:
+        result["distributed"] = distributed.measure(args)
+        result["distributed"]["summary"] = summarise_distributed(result["distributed"]["times"])
+    result["meta"] = describe_run(args, description, load_before)
+    write_result(result, args)
 
 
 def describe_run(args: argparse.Namespace, model: str, load_before: str) -> dict[str, Any]:

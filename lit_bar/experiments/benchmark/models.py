@@ -82,7 +82,13 @@ def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 class BenchModule(SAMModule):
-    """Logits of the peft model, then :func:`loss_from_logits` (the split Functional-SAM needs)."""
+    """Logits of the peft model, then :func:`loss_from_logits` (the split Functional-SAM needs).
+
+    Under FSDP2 each transformer layer is sharded on its own (BERT names none in
+    ``_no_split_modules``), so a process gathers one layer's weights at a time.
+    """
+
+    sharded_blocks = ("BertLayer", "GPT2Block")
 
     def __init__(self, backbone: torch.nn.Module, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -49,7 +50,18 @@ from lit_bar.experiments.benchmark.models import (
 from lit_bar.experiments.environment import bare_trainer
 from lit_bar.experiments.methods import SAM_MODULE_ROWS, SUCCESSORS
 
-__all__ = ["HF_ROWS", "LIGHTNING", "Clock", "hf_available", "peak_memory", "profile", "run"]
+__all__ = [
+    "HF_ROWS",
+    "LIGHTNING",
+    "Clock",
+    "hf_available",
+    "peak_memory",
+    "profile",
+    "reset_peak_rss",
+    "run",
+    "run_lightning",
+    "status_kib",
+]
 
 LR = 1e-4
 
@@ -118,23 +130,33 @@ def run_lightning(
     device: torch.device,
     clock: Clock,
     precision: str = "32-true",
-) -> None:
-    """A Lightning row: :class:`BenchModule` with the row's SAMModule arguments, BAR and successors."""
+    strategy: str = "auto",
+    devices: int = 1,
+    extra_callbacks: Sequence[Callback] = (),
+) -> BenchModule:
+    """A Lightning row: :class:`BenchModule` with the row's SAMModule arguments, BAR and successors.
+
+    ``strategy`` and ``devices`` > 1 (the distributed rows, :mod:`.distributed`): each process is
+    handed its own ``batches`` (no distributed sampler).
+    """
     kwargs, with_bar = LIGHTNING[name]
     module = BenchModule(backbone, optimizer=partial(torch.optim.AdamW, lr=LR), **kwargs)
-    callbacks: list[Callback] = [LightningClock(clock)]
+    callbacks: list[Callback] = [LightningClock(clock), *extra_callbacks]
     if with_bar:
         callbacks.append(BalancednessCallback(mode="nbar", mu=1.0, schedule="linear"))
     if name in SUCCESSORS:
         callbacks.append(SUCCESSORS[name]())
     trainer = bare_trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
+        devices=devices,
+        strategy=strategy,
         precision=precision,
         max_steps=len(batches),
         callbacks=callbacks,
+        **({"use_distributed_sampler": False} if devices > 1 else {}),
     )
     trainer.fit(module, DataLoader(batches, batch_size=None))
+    return module
 
 
 def run_torch_loop(backbone: torch.nn.Module, batches: list, device: torch.device, clock: Clock) -> None:
@@ -271,12 +293,19 @@ def profile(name: str, backbone: torch.nn.Module, batches: list, device: torch.d
 
 
 # ----------------------------------------------------------------------------- peak memory
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field in KiB (``VmRSS``: resident now; ``VmHWM``: peak resident)."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Set this process's peak resident set (``VmHWM``) to its current one (Linux ``clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def peak_memory(
@@ -303,11 +332,10 @@ def peak_memory(
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        before = _status_kib("VmRSS") * 1024
+        reset_peak_rss()
+        before = status_kib("VmRSS") * 1024
     run(name, backbone, batches, device, warmup=0, precision=precision)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_kib("VmHWM") * 1024
     mib = 2.0**20
     return {
         "row": name,
