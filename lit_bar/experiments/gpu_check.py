@@ -22,32 +22,42 @@ initial scale overflows fp16 must skip the first step entirely (no optimizer upd
 and halve its scale, for ``SAMModule`` + ``BalancednessCallback`` under ``16-mixed`` and for the
 transformers ``Trainer(fp16=True)`` + ``BalancednessTrainerCallback``.
 
-Exit status 1 if lit_bar issued a sync or the skip check failed.
+FSDP2 on one device (CUDA; ``--fsdp2``: on CPU too, over gloo): SAM and nBAR, ``strategy="fsdp2"``,
+``devices=1`` (every parameter a one-shard ``DTensor``: lit_bar.sharded's paths run), ``bf16-mixed``
+on CUDA, ``32-true`` on CPU, syncs charged as above. fp16 loss scaling is refused under FSDP2, so
+there is no skip step: the check is that ``16-mixed`` + GradScaler is refused, naming ``bf16-mixed``.
+
+Exit status 1 if lit_bar issued a sync, the skip check failed, or an FSDP2 check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.plugins import MixedPrecision
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.experiments.environment import bare_trainer
 from lit_bar.experiments.methods import SAM_MODULE_ROWS
+from lit_bar.sharded import is_sharded
 from lit_bar.syncs import SyncCounter, issuing_site, owner_of
 
 SIZES = {  # RobertaConfig fields: roberta-large's shape, and a tiny one for tests on CPU
@@ -175,14 +185,17 @@ def _charge_warning(recorder: StepRecorder):
     return show
 
 
-def run_row(args, model_dir: str, method: str, precision: str, device: torch.device) -> dict[str, Any]:
+def run_row(args, model_dir: str, method: str, precision: str, device: torch.device,
+            strategy: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Train one row for ``--steps`` steps; return its timing, memory and syncs by owner."""
     kwargs, bar = METHODS[method]
     module = build_module(model_dir, args, **kwargs)
+    if strategy == "fsdp2":  # the embeddings are tied to the MLM head: shard them in its (the root's) group
+        module.sharded_blocks = ("RobertaLayer",)
     counter = SyncCounter() if device.type != "cuda" else None
     recorder = StepRecorder(device, counter)
     callbacks = [recorder, *([BalancednessCallback("nbar")] if bar else [])]
-    trainer = make_trainer(device, args.steps, callbacks, precision=precision)
+    trainer = make_trainer(device, args.steps, callbacks, precision=precision, strategy=strategy)
     loader = make_loader(args, args.steps)
     if device.type == "cuda":  # the previous row's module and trainer hold reference cycles: free them first
         gc.collect()
@@ -204,11 +217,13 @@ def run_row(args, model_dir: str, method: str, precision: str, device: torch.dev
     times = recorder.step_seconds(args.warmup)
     return {
         "method": method,
+        "strategy": strategy,
+        "all_sharded": all(is_sharded(p) for p in module.parameters()),  # FSDP2: every one a DTensor
         "precision": precision,
         "step_ms": 1000 * statistics.median(times) if times else float("nan"),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "syncs_per_step": {o: c / args.steps for o, c in Counter(o for o, _, _ in syncs).items()},
-        "sync_sites": Counter(f"{o}  {w}  {'[from ' + v + ']' if v else ''}" for o, w, v in syncs),
+        "sync_sites": dict(Counter(f"{o}  {w}  {'[from ' + v + ']' if v else ''}" for o, w, v in syncs)),
     }
 
 
@@ -262,9 +277,40 @@ def hf_fp16_skip_check(model_dir: str, args: argparse.Namespace) -> dict[str, An
     return {"max_param_change": moved, "scale_after": scale, "ok": ok}
 
 
-def print_report(rows: list[dict[str, Any]], device_name: str, skip: dict[str, Any] | None) -> None:
-    """The table (step time, peak memory, syncs per step by owner), every sync site, the skip check."""
-    print(f"\n## gpu_check on {device_name}\n")
+@contextlib.contextmanager
+def _leave_no_process_group() -> Iterator[None]:
+    """Undo what Lightning's launcher leaves (``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_*`` in ``os.environ``,
+    a process group): later Trainers, and processes started from this one, would think themselves ranks."""
+    saved, started = dict(os.environ), not torch.distributed.is_initialized()
+    try:
+        yield
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def fsdp2_fp16_refusal(model_dir: str, device: torch.device, args) -> dict[str, Any]:
+    """``16-mixed`` with a GradScaler under FSDP2 must be refused before any step, naming ``bf16-mixed``."""
+    plugin = MixedPrecision("16-mixed", device.type, scaler=torch.amp.GradScaler(device.type))
+    trainer = make_trainer(device, 1, [BalancednessCallback("nbar")], plugins=[plugin], strategy="fsdp2")
+    try:
+        trainer.fit(build_module(model_dir, args, rho=0.05), make_loader(args, 1))
+    except ValueError as error:
+        return {"refused": str(error), "ok": "bf16-mixed" in str(error)}
+    return {"refused": None, "ok": False}
+
+
+def fsdp2_section(args, model_dir: str, device: torch.device) -> dict[str, Any]:
+    """The ``--fsdp2-methods`` rows under ``strategy="fsdp2"`` on one device, and the fp16 refusal."""
+    precision = "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
+    with _leave_no_process_group():
+        rows = [run_row(args, model_dir, m, precision, device, strategy="fsdp2") for m in args.fsdp2_methods]
+        return {"rows": rows, "fp16": fsdp2_fp16_refusal(model_dir, device, args)}
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
     print("| method | precision | step (ms) | peak memory (GiB) | syncs/step by owner |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -275,12 +321,28 @@ def print_report(rows: list[dict[str, Any]], device_name: str, skip: dict[str, A
     for row in rows:
         for site, count in sorted(row["sync_sites"].items(), key=lambda kv: -kv[1]):
             print(f"  {row['method']:9s} {row['precision']:10s} {count:4d}  {site}")
+
+
+def print_report(rows: list[dict[str, Any]], device_name: str, skip: dict[str, Any] | None,
+                 fsdp2: dict[str, Any] | str | None = None) -> None:  # fmt: skip
+    """The table (step time, peak memory, syncs per step by owner), every sync site, the skip check;
+    then the FSDP2 section (``fsdp2``: its result, or why it did not run)."""
+    print(f"\n## gpu_check on {device_name}\n")
+    _print_rows(rows)
     if skip is not None:
         print(f"\nfp16 skip step: {json.dumps(skip)}")
+    if isinstance(fsdp2, str):
+        print(f"\nFSDP2: {fsdp2}")
+    elif fsdp2 is not None:
+        print("\n## FSDP2 on one device (strategy fsdp2, world size 1)\n")
+        _print_rows(fsdp2["rows"])
+        print(f"\nevery parameter a sharded DTensor: {[r['all_sharded'] for r in fsdp2['rows']]}")
+        print(f"fp16 (16-mixed + GradScaler) under FSDP2: {json.dumps(fsdp2['fp16'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``scripts/gpu_check.py``: every row at every precision, the skip check, the report; 1 on failure."""
+    """``scripts/gpu_check.py``: every row at every precision, the skip check, the FSDP2 rows, the
+    report; 1 on failure."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="large")
     parser.add_argument("--steps", type=int, default=None, help="steps per row (default 12; tiny: 3)")
@@ -294,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the fp16 skip-step check on CPU too (always on CUDA)",
     )
+    parser.add_argument("--fsdp2", action="store_true", help="run the FSDP2 rows on CPU too (always on CUDA)")
+    parser.add_argument(
+        "--fsdp2-methods", nargs="+", choices=list(METHODS), default=["SAM", "LoRA-nBAR"], help="FSDP2 rows"
+    )
     args = parser.parse_args(argv)
     tiny = args.size == "tiny"
     args.steps = args.steps or (3 if tiny else 12)
@@ -305,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (no GPU: syncs by SyncCounter)"
     )
     precisions = ["16-mixed", "bf16-mixed"] if device.type == "cuda" else ["32-true"]
+    fsdp2: dict[str, Any] | str = "not run on CPU (--fsdp2 runs it there, over gloo)"
     with tempfile.TemporaryDirectory() as folder:
         model_dir = save_random_model(Path(folder) / "model", args.size)
         rows = [run_row(args, model_dir, m, p, device) for p in precisions for m in args.methods]
@@ -312,13 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         skip = {"lightning": fp16_skip_check(model_dir, device, args)} if run_skip else None
         if device.type == "cuda":
             skip["hf_trainer"] = hf_fp16_skip_check(model_dir, args)
-    print_report(rows, device_name, skip)
+        if device.type == "cuda" or args.fsdp2:
+            fsdp2 = fsdp2_section(args, model_dir, device)
+    print_report(rows, device_name, skip, fsdp2)
+    fsdp2_rows = fsdp2["rows"] if isinstance(fsdp2, dict) else []
     if args.json is not None:
-        payload = [{**r, "sync_sites": dict(r["sync_sites"])} for r in rows]
-        args.json.write_text(
-            json.dumps({"device": device_name, "rows": payload, "fp16_skip": skip}, indent=1)
-        )
-    lit_bar_syncs = sum(r["syncs_per_step"].get("lit_bar", 0) for r in rows)
+        report = {"device": device_name, "rows": rows, "fp16_skip": skip}
+        if isinstance(fsdp2, dict):
+            report["fsdp2"] = fsdp2
+        args.json.write_text(json.dumps(report, indent=1))
+    lit_bar_syncs = sum(r["syncs_per_step"].get("lit_bar", 0) for r in [*rows, *fsdp2_rows])
     failed = lit_bar_syncs > 0 or (skip is not None and not all(check["ok"] for check in skip.values()))
+    if isinstance(fsdp2, dict):
+        failed = failed or not fsdp2["fp16"]["ok"] or not all(r["all_sharded"] for r in fsdp2_rows)
     print(f"\nlit_bar syncs per step (all rows): {lit_bar_syncs:g}; {'FAILED' if failed else 'OK'}")
     return 1 if failed else 0
