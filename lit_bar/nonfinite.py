@@ -44,7 +44,7 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    peaks = torch._foreach_norm([local(t) for t in tensors], float("inf"))
+    peaks = torch._foreach_norm(_local_slices(tensors), float("inf"))
     device = local(tensors[0]).device
     return torch.stack([torch.isfinite(p).to(device) for p in peaks]).all()
 
@@ -55,8 +55,16 @@ def non_finite_names(named: Mapping[str, torch.Tensor]) -> list[str]:
     items = [(name, t) for name, t in items if t.numel()]
     if not items:
         return []
-    peaks = torch._foreach_norm([local(t) for _, t in items], float("inf"))
+    peaks = torch._foreach_norm(_local_slices([t for _, t in items]), float("inf"))
     device = local(items[0][1]).device
     bad = torch.stack([~torch.isfinite(p).to(device) for p in peaks])
     bad = any_over_shards(bad, shard_group([t for _, t in items], whole_ok=True))  # FSDP2: all slices
     return [name for (name, _), flag in zip(items, bad.tolist(), strict=True) if flag]  # one copy
+
+
+def _local_slices(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """This process's slice of each tensor; an empty slice (FSDP2 gives the last processes nothing of
+    a tensor with fewer rows than processes) becomes one zero, which is finite: ``inf``-norms of
+    empty tensors are undefined."""
+    slices = [local(t) for t in tensors]
+    return [s if s.numel() else s.new_zeros(1) for s in slices]

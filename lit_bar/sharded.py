@@ -14,7 +14,8 @@ tensor parallel size 1); :func:`shard_group` refuses the rest by name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed
@@ -22,6 +23,7 @@ import torch.distributed
 __all__ = [
     "any_over_shards",
     "fully_shard_blocks",
+    "gathered",
     "global_norm_squares",
     "is_sharded",
     "local",
@@ -116,7 +118,8 @@ def fully_shard_blocks(
     The blocks are the submodules whose class name is in ``blocks``, by default in any submodule's
     ``_no_split_modules`` (transformers' list of the layers that must not be split: a model's
     transformer layers, embeddings). Sharding them one by one lets FSDP2 all-gather one block at a
-    time; the roots then shard what is left (heads, LoRA's ``modules_to_save``). ``module`` itself is
+    time; the roots then shard what is left (heads, LoRA's ``modules_to_save``, and a block whose
+    weight is tied to one outside it, e.g. embeddings tied to the LM head). ``module`` itself is
     not wrapped (a LightningModule keeps its class). Modules sharded already are skipped, so a second
     call (``configure_model`` runs again for ``test`` after ``fit``) changes nothing.
 
@@ -138,13 +141,41 @@ def fully_shard_blocks(
     if blocks is None:
         for sub in module.modules():
             names.update(getattr(sub, "_no_split_modules", None) or ())
+    names_of: dict[int, list[str]] = {}  # a tied weight (embeddings = LM head) has two names
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
     done = []
-    for sub in module.modules():
-        if type(sub).__name__ in names and not isinstance(sub, FSDPModule):
-            fully_shard(sub, mesh=mesh, **fsdp_kwargs)
-            done.append(sub)
+    for prefix, sub in list(module.named_modules()):
+        if type(sub).__name__ not in names or isinstance(sub, FSDPModule):
+            continue
+        inside = f"{prefix}."
+        if any(not n.startswith(inside) for p in sub.parameters() for n in names_of.get(id(p), ())):
+            continue  # tied to a weight outside the block: it stays with the root's group
+        fully_shard(sub, mesh=mesh, **fsdp_kwargs)
+        done.append(sub)
     for child in module.children():
         if not isinstance(child, FSDPModule) and any(True for _ in child.parameters()):
             fully_shard(child, mesh=mesh, **fsdp_kwargs)
             done.append(child)
     return done
+
+
+@contextlib.contextmanager
+def gathered(module: torch.nn.Module) -> Iterator[None]:
+    """Hold an FSDP2 module's own parameters whole for the duration (``unshard``, then ``reshard``);
+    nothing for a module that is not sharded.
+
+    For calls that bypass the module's ``forward`` hooks, such as ``generate`` on a wrapped model:
+    its repeated blocks gather themselves when called, but the root's own parameters (embeddings,
+    final norm, head) are gathered only by the root's ``forward``.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()

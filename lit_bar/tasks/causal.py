@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 from typing_extensions import override
 
+from lit_bar.sharded import gathered
 from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import (
@@ -166,15 +167,16 @@ class CausalLMTask(LoRATask):
     @torch.no_grad()
     def generate_answers(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
         """Greedy answers to left-padded prompts: ≤ ``max_new_tokens``, cut at the first newline."""
-        sequences = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=stop_token_ids(self.tokenizer, self.stop_at_newline),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        with gathered(self.model):  # FSDP2: generate bypasses the root's forward, which gathers
+            sequences = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop_token_ids(self.tokenizer, self.stop_at_newline),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         return decode_continuations(self.tokenizer, sequences, prompt_ids.shape[1], self.stop_at_newline)
 
     @override

@@ -31,6 +31,7 @@ from torchmetrics.text import SacreBLEUScore
 from typing_extensions import override
 
 from lit_bar.qkv import FusedQKVSplit, split_fused_qkv
+from lit_bar.sharded import gathered
 from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss
@@ -140,13 +141,14 @@ class DataToTextGenerator(LoRATask):
     @torch.no_grad()
     def generate_texts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
         """Beam-search continuations of left-padded prompts, decoded without special tokens."""
-        sequences = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            **self.generation_kwargs,
-        )
+        with gathered(self.model):  # FSDP2: generate bypasses the root's forward, which gathers
+            sequences = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **self.generation_kwargs,
+            )
         texts = self.tokenizer.batch_decode(sequences[:, prompt_ids.shape[1] :], skip_special_tokens=True)
         return [text.strip() for text in texts]
 
