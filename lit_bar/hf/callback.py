@@ -94,6 +94,13 @@ class BalancednessTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs["model"]
+        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+            raise ValueError(
+                "BalancednessTrainerCallback under the Trainer's FSDP/DeepSpeed (TrainingArguments fsdp="
+                f"{args.fsdp!r}, deepspeed={args.deepspeed!r}) is not supported: it has not been checked "
+                "against sharded factors there; train sharded with lit-bar --trainer.strategy fsdp2, "
+                "or use DDP"
+            )
         pairs = resolve_pairs(model, self.pair_spec, "BalancednessTrainerCallback")
         total = self.total_steps or (state.max_steps if state.max_steps > 0 else None)
         self.bar = BAR(pairs, self.mode, self.mu, self.schedule, total)

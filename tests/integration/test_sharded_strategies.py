@@ -72,3 +72,12 @@ def test_fp16_loss_scaling_under_fsdp2_is_refused() -> None:
         ValueError, match=r"--trainer.precision 16-mixed under FSDP2: .*use --trainer.precision bf16-mixed"
     ):
         _with_strategy(strategy).setup("fit")
+
+
+@pytest.mark.parametrize(("fsdp", "deepspeed"), [("full_shard", None), (None, "ds_config.json")])
+def test_the_transformers_bar_callback_refuses_the_trainers_sharding(fsdp, deepspeed) -> None:
+    from lit_bar.hf import BalancednessTrainerCallback
+
+    args = SimpleNamespace(fsdp=fsdp, deepspeed=deepspeed, report_to=[])
+    with pytest.raises(ValueError, match=r"BalancednessTrainerCallback under the Trainer's FSDP/DeepSpeed"):
+        BalancednessTrainerCallback().on_train_begin(args, None, None, model=torch.nn.Linear(2, 2))
