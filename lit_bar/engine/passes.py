@@ -19,7 +19,7 @@ import torch
 
 from lit_bar.batches import frozen_batchnorm, rng_state, set_rng_state
 from lit_bar.engine.front import FrontEnd
-from lit_bar.optim.perturbation import sam_perturbation
+from lit_bar.optim.perturbation import move_to_perturbed, restore_weights, sam_perturbation
 from lit_bar.optim.settings import SAMSettings
 from lit_bar.sharded import local
 
@@ -166,17 +166,12 @@ def perturbed(
     """
     eps = sam_perturbation(settings.params, grads, settings.rho, settings.adaptive, optimizer, precondition)
     params = [local(p) for p in settings.params]
-    saved = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        torch._foreach_add_(params, eps)
+    saved = move_to_perturbed(params, eps)
     del eps
-    torch.clear_autocast_cache()  # autocast's cached low-precision weights are those of w
     after = rng_state()
     try:
         with frozen_batchnorm(module) if module is not None else contextlib.nullcontext():
             yield
     finally:
-        with torch.no_grad():
-            torch._foreach_copy_(params, saved)
-        torch.clear_autocast_cache()
+        restore_weights(params, saved)
         set_rng_state(after)

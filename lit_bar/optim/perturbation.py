@@ -25,9 +25,12 @@ __all__ = [
     "PRECONDITIONERS",
     "adam_preconditioned",
     "global_norm",
+    "move_to_perturbed",
+    "restore_weights",
     "sam_perturbation",
     "validate_precondition",
 ]
+
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖(t₁, …, t_n)‖₂ over all tensors together, as a 0-d tensor on the first one's device.
@@ -188,3 +191,24 @@ def _adaptive_direction(
         for i, value in zip(mats, torch._foreach_mul([scaled[i] for i in mats], scale), strict=True):
             direction[i] = value  # T² g
     return direction, norm
+
+
+@torch.no_grad()
+def move_to_perturbed(params: Sequence[torch.Tensor], eps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """w ← w + ε in place; returns the exact copies of w that :func:`restore_weights` puts back.
+
+    The autocast weight cache is cleared: a forward inside the same autocast region must cast
+    w + ε, not a cached copy of w. The one place both SAM front ends (the engine and the plain-loop
+    :class:`lit_bar.optim.SAM`) perturb the weights.
+    """
+    saved = [p.detach().clone() for p in params]
+    torch._foreach_add_(list(params), list(eps))
+    torch.clear_autocast_cache()
+    return saved
+
+
+@torch.no_grad()
+def restore_weights(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
+    """w ← the copies :func:`move_to_perturbed` saved (bitwise); the autocast cache cleared again."""
+    torch._foreach_copy_(list(params), list(saved))
+    torch.clear_autocast_cache()

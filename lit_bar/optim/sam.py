@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lit_bar.optim.perturbation import sam_perturbation
+from lit_bar.optim.perturbation import move_to_perturbed, restore_weights, sam_perturbation
 from lit_bar.optim.settings import check_adam, check_exclusive, validate_precondition, validate_rho
 
 __all__ = ["SAM"]
@@ -94,10 +94,8 @@ class SAM(Optimizer):
                 optimizer=self.base_optimizer,
                 precondition=self.precondition,
             )
-            for p in params:
-                self.state[p]["w"] = p.detach().clone()
-            torch._foreach_add_(params, eps)
-            torch.clear_autocast_cache()  # the next forward must cast w + ε, not a cached copy of w
+            for p, w in zip(params, move_to_perturbed(params, eps), strict=True):
+                self.state[p]["w"] = w
         if zero_grad:
             self.zero_grad()
 
@@ -107,8 +105,7 @@ class SAM(Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         saved = [(p, self.state[p].pop("w")) for p in params if "w" in self.state[p]]
         if saved:
-            torch._foreach_copy_([p for p, _ in saved], [w for _, w in saved])
-            torch.clear_autocast_cache()
+            restore_weights([p for p, _ in saved], [w for _, w in saved])
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
@@ -161,4 +158,3 @@ class SAM(Optimizer):
         for group in self.param_groups:
             group.setdefault("rho", self.defaults["rho"])
             group.setdefault("adaptive", self.defaults["adaptive"])
-
