@@ -190,8 +190,6 @@ def run_row(args, model_dir: str, method: str, precision: str, device: torch.dev
     """Train one row for ``--steps`` steps; return its timing, memory and syncs by owner."""
     kwargs, bar = METHODS[method]
     module = build_module(model_dir, args, **kwargs)
-    if strategy == "fsdp2":  # the embeddings are tied to the MLM head: shard them in its (the root's) group
-        module.sharded_blocks = ("RobertaLayer",)
     counter = SyncCounter() if device.type != "cuda" else None
     recorder = StepRecorder(device, counter)
     callbacks = [recorder, *([BalancednessCallback("nbar")] if bar else [])]
