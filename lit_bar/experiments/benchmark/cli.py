@@ -105,7 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
     )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's; distributed rows: CPUs / --processes)",
+    )
     parser.add_argument("--json", type=Path, help="write every measurement and the summary here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown tables here")
     parser.add_argument("--profile", nargs="+", default=[], help="rows to run once more under torch.profiler")
