@@ -67,3 +67,13 @@ def test_norms_and_finiteness_read_local_slices(mesh):
 def test_an_empty_slice_counts_as_finite():
     (empty,) = _local_slices([torch.zeros(0, 3)])
     assert empty.numel() == 1 and bool(all_finite([torch.zeros(0, 3), torch.ones(2)]))
+
+
+def test_m_sharpness_under_fsdp2_is_refused(mesh):
+    from lit_bar.engine import SAMEngine
+
+    holder = torch.nn.Module()
+    holder.net = torch.nn.Linear(4, 2)
+    fully_shard_blocks(holder, mesh, blocks=())
+    with pytest.raises(ValueError, match=r"m=2 \(m-sharpness\) under sharded training \(FSDP2\)"):
+        SAMEngine(rho=0.05, m=2).micro_step(None, None, list(holder.parameters()), 1.0, last=True)
