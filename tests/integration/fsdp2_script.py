@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_bar import SAMModule
 from lit_bar.callbacks import BalancednessCallback
+from lit_bar.pairs import balancedness, module_pairs
 from lit_bar.sharded import is_sharded, local
 from lit_bar.syncs import SyncCounter
 
@@ -137,6 +138,7 @@ def run(
         "frozen_bytes": sum(local(p).numel() * p.element_size() for p in frozen),
         "frozen_bytes_whole": sum(p.numel() * p.element_size() for p in frozen),
         "counts": dict(counts),
+        "balancedness": balancedness(module_pairs(module)),  # under FSDP2: slices + one all-reduce
         "step_syncs": [str(r) for r in syncs.charged_to("lit_bar") if r.phase.startswith("batch")],
         "counted_syncs": count_syncs,
         "all_syncs": len(syncs.records),  # torch's, lightning's, ...: the counter saw the run

@@ -40,6 +40,7 @@ def test_fsdp2_equals_one_process(two_process_runs, method):
     _, reference = fsdp2_script.run(method, devices=1)
     initial = fsdp2_script.tiny_lora_model().state_dict()
     assert rank0["params"].keys() == reference["params"].keys()
+    torch.testing.assert_close(rank0["balancedness"], reference["balancedness"], rtol=0, atol=1e-12)
     for name, expected in reference["params"].items():
         moved = (expected - initial[name.removeprefix("net.")]).abs().max()
         assert moved > 1e-3, f"{name} did not train: the comparison would prove nothing"
