@@ -6,7 +6,7 @@ B, L the mean of L_B over the batches, ‖·‖ the L2 norm over all of ``params
 
     worst-case  S_max = mean_B [ max_{‖ε‖ ≤ ρ} L_B(w + ε) − L_B(w) ]     (:func:`worst_case_sharpness`)
     average     S_avg = E_δ L(w + δ) − L(w),  δ uniform on the sphere ‖δ‖ = ρ  (:func:`average_sharpness`)
-    Hessian     λ_top = the eigenvalue of ∇²L(w) largest in magnitude        (:func:`hessian_top_eigenvalue`)
+    Hessian     λ_top = the largest eigenvalue of ∇²L(w)                  (:func:`hessian_top_eigenvalue`)
 
 * Worst-case sharpness is the inner maximum of SAM's objective (Foret et al., "Sharpness-Aware
   Minimization for Efficiently Improving Generalization", ICLR 2021, Eq. 1), taken per batch as

@@ -145,7 +145,7 @@ def hessian_top_eigenvalue(
     seed: int = 0,
     module: torch.nn.Module | None = None,
 ) -> Estimate:
-    """The eigenvalue of ∇²L(w) largest in magnitude, by power iteration on Hessian-vector products.
+    """The largest eigenvalue λ_max of ∇²L(w), by power iteration on Hessian-vector products.
 
     v₀ is the unit gradient of the mean loss plus a unit Gaussian direction (generator seeded with
     ``seed``), normalised: the gradient lies mostly in the top eigenspace of the Hessian (Gur-Ari et
@@ -156,9 +156,11 @@ def hessian_top_eigenvalue(
     (PyHessian, Yao et al. 2020, Alg. 1), H v by double backward through the mean loss over
     ``batches`` (attention through torch's math kernel, the one with a double backward). Stops after
     ``iterations`` products, or once |λ_t − λ_{t−1}| ≤ ``tolerance`` · |λ_t|; the spread is that
-    last change. Power iteration converges to the eigenvalue
-    of largest magnitude, so a negative value means negative curvature dominates. Cost per iteration:
-    one double backward (about two to three forward+backward passes) per batch.
+    last change. Power iteration converges to the eigenvalue of largest magnitude; when that one is
+    negative (negative curvature dominates, as in an underfitted model), a second iteration on the
+    shifted H − λ_dom·I, whose eigenvalues λ_i − λ_dom are all ≥ 0 and largest for λ_max, gives
+    λ_max = μ + λ_dom (the spread is then the second iteration's last change, ``samples`` counts both).
+    Cost per iteration: one double backward (about two to three forward+backward passes) per batch.
 
     Args:
         loss_fn: ``batch -> scalar loss`` (mean over the batch's examples), twice differentiable.
@@ -174,20 +176,41 @@ def hessian_top_eigenvalue(
     if not isinstance(tolerance, int | float) or not tolerance >= 0:
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
     generator = torch.Generator().manual_seed(seed)
-    values: list[float] = []
     with _measuring(params, module):
-        v = starting_vector(loss_fn, params, batches, generator)
-        for _ in range(iterations):
-            hv = mean_hvp(loss_fn, params, batches, v)
-            values.append(float(sum(product.sum() for product in torch._foreach_mul(v, hv))))  # vᵀHv
-            hv_norm = float(norm(hv))
-            if hv_norm == 0 or not math.isfinite(hv_norm):
-                break
-            v = torch._foreach_div(hv, hv_norm)
-            if len(values) > 1 and abs(values[-1] - values[-2]) <= tolerance * abs(values[-1]):
-                break
+        start = starting_vector(loss_fn, params, batches, generator)
+        values = _power_iteration(loss_fn, params, batches, start, iterations, tolerance)
+        products = len(values)
+        dominant = values[-1]
+        if dominant < 0:  # λ_dom = λ_min: iterate on H − λ_dom·I, whose top eigenvalue is λ_max − λ_dom
+            shifted = _power_iteration(loss_fn, params, batches, start, iterations, tolerance, dominant)
+            values, products = [value + dominant for value in shifted], products + len(shifted)
     spread = abs(values[-1] - values[-2]) if len(values) > 1 else math.nan
-    return Estimate(values[-1], spread, len(values))
+    return Estimate(values[-1], spread, products)
+
+
+def _power_iteration(
+    loss_fn: LossFn,
+    params: list[torch.Tensor],
+    batches: Sequence[Any],
+    v: list[torch.Tensor],
+    iterations: int,
+    tolerance: float,
+    shift: float = 0.0,
+) -> list[float]:
+    """The Rayleigh quotients vᵀ(H − shift·I)v of power iteration from the unit vector ``v``."""
+    values: list[float] = []
+    for _ in range(iterations):
+        hv = mean_hvp(loss_fn, params, batches, v)
+        if shift:
+            hv = torch._foreach_add(hv, v, alpha=-shift)
+        values.append(float(sum(product.sum() for product in torch._foreach_mul(v, hv))))  # vᵀHv
+        hv_norm = float(norm(hv))
+        if hv_norm == 0 or not math.isfinite(hv_norm):
+            break
+        v = torch._foreach_div(hv, hv_norm)
+        if len(values) > 1 and abs(values[-1] - values[-2]) <= tolerance * abs(values[-1]):
+            break
+    return values
 
 
 def measure_sharpness(
