@@ -1,10 +1,16 @@
 """lit_bar: sharpness-aware (SAM) and balancedness-aware (nBAR/oBAR) finetuning for PyTorch Lightning.
 
 Implements *Implicit Regularization of Sharpness-Aware Minimization for Scale-Invariant Problems*
-(Li, Zhang, He; NeurIPS 2024). The pure-torch algorithms (:mod:`lit_bar.pairs`, :mod:`lit_bar.bar`,
-:mod:`lit_bar.optim`) import no Lightning; the Lightning layer is :class:`SAMModule` and
-:class:`BalancednessCallback`.
+(Li, Zhang, He; NeurIPS 2024). The pure-torch algorithms (:mod:`lit_bar.algorithms`,
+:mod:`lit_bar.optim`, :mod:`lit_bar.methods`, :mod:`lit_bar.sharpness`) import no Lightning; the
+Lightning layer is :class:`SAMModule` (:mod:`lit_bar.lightning`) and :mod:`lit_bar.callbacks`.
+ARCHITECTURE.md maps the folders. The module paths of 0.1 that moved (``lit_bar.bar``,
+``lit_bar.schedules``, ...) still import, with a warning (:mod:`lit_bar._moved`).
 """
+
+from lit_bar import _moved
+
+_moved.install()
 
 __version__ = "0.1.0"
 
@@ -25,13 +31,13 @@ __all__ = [
 #: Names loaded on first use (``import lit_bar`` imports neither torch nor Lightning: ``lit-bar
 #: --version`` is instant, and pure-torch users never import Lightning).
 _LAZY = {
-    "apply_bar": "lit_bar.bar",
-    "bar_signs": "lit_bar.bar",
-    "mu_at": "lit_bar.bar",
-    "FactorPair": "lit_bar.pairs",
-    "balancedness": "lit_bar.pairs",
-    "find_lora_pairs": "lit_bar.pairs",
-    "pairs_from_names": "lit_bar.pairs",
+    "apply_bar": "lit_bar.algorithms.bar",
+    "bar_signs": "lit_bar.algorithms.bar",
+    "mu_at": "lit_bar.algorithms.bar",
+    "FactorPair": "lit_bar.algorithms.pairs",
+    "balancedness": "lit_bar.algorithms.pairs",
+    "find_lora_pairs": "lit_bar.algorithms.pairs",
+    "pairs_from_names": "lit_bar.algorithms.pairs",
 }
 
 
@@ -41,7 +47,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "SAMModule":
-        from lit_bar.sam_module import SAMModule
+        from lit_bar.lightning.module import SAMModule
 
         return SAMModule
     if name == "BalancednessCallback":

@@ -6,7 +6,7 @@
   transformers + peft. :func:`load_adapter` (:mod:`lit_bar.tasks.lora`) reads such a folder back into
   a task module's peft model, head included.
 * GPT-2's split q/k/v projections are fused back into one stock ``c_attn`` pair on the way out and
-  split again on the way in (:mod:`lit_bar.qkv`).
+  split again on the way in (:mod:`lit_bar.io.qkv`).
 * :func:`save_merged` writes the full model with the adapter merged in (``merge_and_unload``), for
   deployment without peft.
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_bar.qkv import fuse_qkv, fused_config, refuse_qkv, split_qkv_modules
+from lit_bar.io.qkv import fuse_qkv, fused_config, refuse_qkv, split_qkv_modules
 from lit_bar.tasks.checkpoint import (
     UNSAVED_HPARAMS,
     drop_frozen_weights,
@@ -58,7 +58,7 @@ def save_adapter(
 ) -> Path:
     """Write ``model``'s LoRA adapter (and ``modules_to_save``) as a peft ``save_pretrained`` folder.
 
-    Split GPT-2 q/k/v projections are fused back into one ``c_attn`` pair (:mod:`lit_bar.qkv`).
+    Split GPT-2 q/k/v projections are fused back into one ``c_attn`` pair (:mod:`lit_bar.io.qkv`).
 
     Args:
         model: A ``peft.PeftModel`` (a task module's ``model`` attribute).

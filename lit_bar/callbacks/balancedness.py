@@ -6,7 +6,8 @@ gradient accumulation and the DDP all-reduce, in automatic optimization and unde
 (paper Alg. 2 and 3; docs/algorithms.md §3) then changes the factors before the base optimizer
 steps with unchanged gradients. Under fp16 a step that the GradScaler will skip (non-finite
 gradients) is skipped here too, through a 0/1 tensor: no host sync. The rule itself is
-:class:`lit_bar.bar.BAR`, shared with plain loops and :class:`lit_bar.hf.BalancednessTrainerCallback`.
+:class:`lit_bar.algorithms.bar.BAR`, shared with plain loops and
+:class:`lit_bar.hf.BalancednessTrainerCallback`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
-from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
-from lit_bar.steps import is_logging_step, total_optimizer_steps
-from lit_bar.strategies import is_fsdp2
+from lit_bar.algorithms.bar import BAR, BarStep, finite_gradients, validate_bar_settings
+from lit_bar.algorithms.pairs import FactorPair, balancedness, resolve_pairs
+from lit_bar.lightning.steps import is_logging_step, total_optimizer_steps
+from lit_bar.lightning.strategies import is_fsdp2
 
 __all__ = ["BalancednessCallback", "log_abs_balancedness"]
 
@@ -31,7 +32,7 @@ __all__ = ["BalancednessCallback", "log_abs_balancedness"]
 class BalancednessCallback(Callback):
     """Balancedness-aware regularisation (BAR) of scale-invariant pairs, e.g. LoRA's (A, B).
 
-    The rule is :class:`lit_bar.bar.BAR`'s (shared with plain loops and the transformers callback);
+    The rule is :class:`lit_bar.algorithms.bar.BAR`'s (shared with plain loops and the transformers callback);
     this class wires it into Lightning. Each factor is scaled with its own parameter group's
     learning rate (LoRA+ puts B in a group of its own).
 
@@ -41,7 +42,8 @@ class BalancednessCallback(Callback):
         mu: μ₀ ≥ 0, the regularisation strength (paper grids: 0.1–2).
         schedule: ``"constant"``, ``"linear"`` (1 − t/T) or ``"cosine"`` (½(1 + cos πt/T)).
         total_steps: T for the decaying schedules; ``None`` takes the run's optimizer steps.
-        pairs: ``None`` asks the module (:func:`lit_bar.pairs.module_pairs`: its ``factor_pairs()``,
+        pairs: ``None`` asks the module (:func:`lit_bar.algorithms.pairs.module_pairs`: its
+            ``factor_pairs()``,
             else its peft LoRA pairs); otherwise a list of
             ``(x_parameter_name, y_parameter_name)`` tuples or :class:`lit_bar.FactorPair` objects.
         log_per_pair: Also log |balancedness| of every pair (``bar/abs_balancedness/<name>``).

@@ -31,9 +31,9 @@ from typing_extensions import override
 
 from lit_bar.callbacks.flatlora import refuse_combinations
 from lit_bar.engine import all_reduce_sum
+from lit_bar.lightning.resume import gather_per_rank
+from lit_bar.lightning.steps import is_logging_step
 from lit_bar.methods.bilora import AUX_OPTIMIZERS, BiLoRA, validate_bilora_settings
-from lit_bar.resume import gather_per_rank
-from lit_bar.steps import is_logging_step
 
 __all__ = ["AUX_OPTIMIZERS", "BiLoRACallback"]
 

@@ -29,9 +29,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lit_bar.algorithms.nonfinite import NonFiniteError, non_finite_names
+from lit_bar.algorithms.sharded import is_sharded
 from lit_bar.export import restore_frozen_weights, save_adapter, save_merged
-from lit_bar.nonfinite import NonFiniteError, non_finite_names
-from lit_bar.sharded import is_sharded
 
 __all__ = ["AdapterExport"]
 

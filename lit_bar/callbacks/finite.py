@@ -37,8 +37,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lit_bar.nonfinite import NonFiniteError, all_finite, float_tensors, non_finite_names
-from lit_bar.steps import is_logging_step
+from lit_bar.algorithms.nonfinite import NonFiniteError, all_finite, float_tensors, non_finite_names
+from lit_bar.lightning.steps import is_logging_step
 
 __all__ = ["FiniteCheck", "NonFiniteError"]
 
@@ -49,7 +49,7 @@ _BATCH, _LOSS, _WEIGHTS = 1, 2, 4
 class FiniteCheck(Callback):
     """Stop at the first non-finite loss, weight or training-batch value, naming the step and cause.
 
-    Raises :class:`lit_bar.nonfinite.NonFiniteError` (a ``ValueError``: ``lit-bar`` prints one
+    Raises :class:`lit_bar.algorithms.nonfinite.NonFiniteError` (a ``ValueError``: ``lit-bar`` prints one
     ``lit-bar: error:`` line and exits non-zero) from the training loop; Lightning then ends the run
     without its end-of-fit hooks, so no adapter is exported.
 

@@ -23,8 +23,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lit_bar.lightning.steps import total_optimizer_steps
 from lit_bar.methods.flatlora import FlatLoRA, validate_flat_settings
-from lit_bar.steps import total_optimizer_steps
 
 __all__ = ["FlatLoRACallback", "refuse_combinations"]
 

@@ -20,10 +20,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lit_bar.algorithms.pairs import FactorPair, balancedness, module_pairs
 from lit_bar.callbacks.balancedness import BalancednessCallback, log_abs_balancedness
-from lit_bar.pairs import FactorPair, balancedness, module_pairs
-from lit_bar.steps import is_logging_step
-from lit_bar.strategies import is_fsdp2
+from lit_bar.lightning.steps import is_logging_step
+from lit_bar.lightning.strategies import is_fsdp2
 
 __all__ = ["BalancednessMonitor"]
 
@@ -31,7 +31,8 @@ __all__ = ["BalancednessMonitor"]
 class BalancednessMonitor(Callback):
     """Log the mean |balancedness| of the module's pairs at logging steps (and per pair if asked).
 
-    Pairs come from :func:`lit_bar.pairs.module_pairs` (the module's ``factor_pairs()``, else its peft
+    Pairs come from :func:`lit_bar.algorithms.pairs.module_pairs` (the module's ``factor_pairs()``,
+    else its peft
     LoRA pairs). A module without pairs (e.g. ``lora: null``) gets one info line and no logging.
     Do not add it beside :class:`lit_bar.BalancednessCallback`, which logs the same key already.
 

@@ -35,8 +35,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from typing_extensions import override
 
-from lit_bar.lightning_compat import RICH_AVAILABLE
-from lit_bar.steps import is_logging_step
+from lit_bar.lightning.compat import RICH_AVAILABLE
+from lit_bar.lightning.steps import is_logging_step
 
 __all__ = ["StepProgressBar", "format_metrics"]
 

@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from lit_bar.resume import collect_rng_states, restore_rng_states
+from lit_bar.lightning.resume import collect_rng_states, restore_rng_states
 from lit_bar.sharpness import DEFAULT_RHO, MEASURES, Estimate, measure_sharpness
 
 __all__ = ["SPREAD_SUFFIXES", "SharpnessMonitor", "fixed_batches"]

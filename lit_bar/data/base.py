@@ -27,7 +27,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from typing_extensions import override
 
 from lit_bar.data.checks import SplitSource
-from lit_bar.hub import load_splits, resolve_pretrained
+from lit_bar.io.hub import load_splits, resolve_pretrained
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross-entropy default)
 
@@ -151,7 +151,7 @@ class TextDataModule(LightningDataModule):
         return self._tokenizer
 
     def load_raw(self) -> Any:
-        """The ``DatasetDict`` from ``data_dir`` or the hub (``lit_bar.hub.load_splits``)."""
+        """The ``DatasetDict`` from ``data_dir`` or the hub (``lit_bar.io.hub.load_splits``)."""
         return load_splits(self.dataset_name, self.dataset_config, self.data_dir, self.trust_remote_code)
 
     @override

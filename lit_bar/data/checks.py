@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lit_bar.hub import SPLIT_SUFFIXES
+from lit_bar.io.hub import SPLIT_SUFFIXES
 
 __all__ = ["SplitSource", "check_class_ids", "check_targets"]
 

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-from lit_bar.batches import batch_size, is_batched, rng_state, set_rng_state
+from lit_bar.algorithms.batches import batch_size, is_batched, rng_state, set_rng_state
+from lit_bar.algorithms.sharded import local, shard_group
 from lit_bar.engine.front import FrontEnd, all_reduce_sum
 from lit_bar.engine.passes import (
     ParamSettings,
@@ -48,7 +49,6 @@ from lit_bar.engine.passes import (
 from lit_bar.engine.window import WindowCheckpoint
 from lit_bar.optim.perturbation import global_norm
 from lit_bar.optim.settings import SAMSettings
-from lit_bar.sharded import local, shard_group
 
 __all__ = ["SAMEngine"]
 

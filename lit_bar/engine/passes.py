@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from lit_bar.batches import frozen_batchnorm, rng_state, set_rng_state
+from lit_bar.algorithms.batches import frozen_batchnorm, rng_state, set_rng_state
+from lit_bar.algorithms.sharded import local
 from lit_bar.engine.front import FrontEnd
 from lit_bar.optim.perturbation import move_to_perturbed, restore_weights, sam_perturbation
 from lit_bar.optim.settings import SAMSettings
-from lit_bar.sharded import local
 
 __all__ = [
     "ParamSettings",

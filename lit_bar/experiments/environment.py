@@ -75,7 +75,7 @@ def quiet_libraries() -> None:
     """Silence the per-Trainer banners of Lightning and the warnings of transformers and peft.
 
     For measurements that build many Trainers in one process; ``lit-bar`` itself filters by message
-    instead (:mod:`lit_bar.quiet`).
+    instead (:mod:`lit_bar.cli.quiet`).
     """
     for name in ("lightning.pytorch", "lightning.fabric", "transformers", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)

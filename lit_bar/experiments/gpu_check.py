@@ -11,8 +11,8 @@ padding (so transformers' attention-mask path runs). Rows: LoRA (ρ = 0), LoRA-n
 ``32-true`` on CPU.
 
 Syncs: on CUDA every training step runs under ``torch.cuda.set_sync_debug_mode("warn")`` and each
-warning is charged to the Python frame that issued it (:func:`lit_bar.syncs.issuing_site`); on CPU
-the same attribution comes from :class:`lit_bar.syncs.SyncCounter`. Expected owners: ``torch``
+warning is charged to the Python frame that issued it (:func:`lit_bar.algorithms.syncs.issuing_site`); on CPU
+the same attribution comes from :class:`lit_bar.algorithms.syncs.SyncCounter`. Expected owners: ``torch``
 (GradScaler's own ``.item()`` per fp16 step, by design), ``transformers`` (the model's attention-mask
 check), ``lightning`` (its loop), ``autograd`` (ops replayed from backward); ``lit_bar`` must have none.
 The run does not log (``log_every_n_steps`` beyond the run), so these are the non-logging steps.
@@ -23,7 +23,8 @@ and halve its scale, for ``SAMModule`` + ``BalancednessCallback`` under ``16-mix
 transformers ``Trainer(fp16=True)`` + ``BalancednessTrainerCallback``.
 
 FSDP2 on one device (CUDA; ``--fsdp2``: on CPU too, over gloo): SAM and nBAR, ``strategy="fsdp2"``,
-``devices=1`` (every parameter a one-shard ``DTensor``: lit_bar.sharded's paths run), ``bf16-mixed``
+``devices=1`` (every parameter a one-shard ``DTensor``: lit_bar.algorithms.sharded's paths run),
+``bf16-mixed``
 on CUDA, ``32-true`` on CPU, syncs charged as above. fp16 loss scaling is refused under FSDP2, so
 there is no skip step: the check is that ``16-mixed`` + GradScaler is refused, naming ``bf16-mixed``.
 
@@ -54,11 +55,11 @@ import torch.distributed
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.plugins import MixedPrecision
 
+from lit_bar.algorithms.sharded import is_sharded
+from lit_bar.algorithms.syncs import SyncCounter, issuing_site, owner_of
 from lit_bar.callbacks.balancedness import BalancednessCallback
 from lit_bar.experiments.environment import bare_trainer
 from lit_bar.experiments.methods import SAM_MODULE_ROWS
-from lit_bar.sharded import is_sharded
-from lit_bar.syncs import SyncCounter, issuing_site, owner_of
 
 SIZES = {  # RobertaConfig fields: roberta-large's shape, and a tiny one for tests on CPU
     "large": {"vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,

@@ -13,7 +13,8 @@ per optimizer step, after the last micro-batch of the accumulation window::
     model.zero_grad(); global_step += 1; on_step_end
     _maybe_log_save_evaluate → Trainer.log → log_history.append → on_log (callbacks in list order)
 
-The rule is :class:`lit_bar.bar.BAR` (the same object plain loops and ``BalancednessCallback`` use).
+The rule is :class:`lit_bar.algorithms.bar.BAR` (the same object plain loops and
+``BalancednessCallback`` use).
 Under ``fp16`` a step that the GradScaler will skip (a non-finite gradient) is skipped by BAR too,
 through a 0/1 tensor (no host sync): the Trainer itself only knows after ``optimizer.step()``.
 
@@ -39,8 +40,8 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 from typing_extensions import override
 
-from lit_bar.bar import BAR, BarStep, finite_gradients, validate_bar_settings
-from lit_bar.pairs import FactorPair, balancedness, resolve_pairs
+from lit_bar.algorithms.bar import BAR, BarStep, finite_gradients, validate_bar_settings
+from lit_bar.algorithms.pairs import FactorPair, balancedness, resolve_pairs
 
 __all__ = ["BalancednessTrainerCallback", "run_first"]
 
@@ -61,7 +62,8 @@ class BalancednessTrainerCallback(TrainerCallback):
         mu: μ₀ ≥ 0.
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` μ decay over the run.
         total_steps: T for the decaying schedules; ``None`` takes the Trainer's ``state.max_steps``.
-        pairs: ``None``: the model's pairs (:func:`lit_bar.pairs.module_pairs`: its ``factor_pairs()``,
+        pairs: ``None``: the model's pairs (:func:`lit_bar.algorithms.pairs.module_pairs`: its
+            ``factor_pairs()``,
             else its peft LoRA pairs); otherwise ``(x_name, y_name)`` parameter names or
             :class:`lit_bar.FactorPair` objects.
 

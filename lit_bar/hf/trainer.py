@@ -45,7 +45,7 @@ from torch import nn
 from transformers import Trainer
 from typing_extensions import override
 
-from lit_bar.batches import frozen_batchnorm, rng_state, set_rng_state
+from lit_bar.algorithms.batches import frozen_batchnorm, rng_state, set_rng_state
 from lit_bar.engine import SAMEngine
 from lit_bar.hf.callback import run_first, will_log
 from lit_bar.optim.settings import check_adam

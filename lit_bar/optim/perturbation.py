@@ -8,7 +8,7 @@
 Norms run over every perturbed tensor together, with ``torch._foreach_*``; a zero or non-finite
 norm gives ε = 0 (no division by zero, and no NaN copied into the weights). FSDP2-sharded tensors
 (``DTensor``) are read through their local slices, and a norm over them costs one all-reduce of one
-scalar (:mod:`lit_bar.sharded`); ε is then each process's slice. Pure torch.
+scalar (:mod:`lit_bar.algorithms.sharded`); ε is then each process's slice. Pure torch.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lit_bar.algorithms.sharded import global_norm_squares, local, shard_group
 from lit_bar.optim.settings import PRECONDITIONERS, check_exclusive, validate_precondition
-from lit_bar.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
     "PRECONDITIONERS",
@@ -141,7 +141,7 @@ def sam_perturbation(
 
     Returns:
         ε per parameter; for FSDP2-sharded parameters, this process's slice of it (add it to
-        :func:`lit_bar.sharded.local` of the parameter).
+        :func:`lit_bar.algorithms.sharded.local` of the parameter).
     """
     validate_precondition(precondition)
     flags = [bool(adaptive)] * len(params) if isinstance(adaptive, bool) else [bool(a) for a in adaptive]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from lit_bar.sam_module import SAMModule
+from lit_bar.lightning.module import SAMModule
 from lit_bar.tasks.checkpoint import drop_frozen_weights, restore_frozen_weights
 from lit_bar.tasks.lora import as_lora_settings, load_adapter, lora_parameter_groups
 

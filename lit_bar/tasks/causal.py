@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 from typing_extensions import override
 
-from lit_bar.sharded import gathered
+from lit_bar.algorithms.sharded import gathered
 from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import (

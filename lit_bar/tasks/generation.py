@@ -8,8 +8,9 @@ references of each input, for all inputs and for the seen / unseen categories ap
 **LoRA on q and v as separate pairs.** GPT-2 computes q, k and v with one fused ``Conv1D``
 (``attn.c_attn``, d → 3d); LoRA on it would be one (A, B) pair whose update spans q, k *and* v,
 i.e. a different adapter (and a different balancedness) than the paper's. So, with
-``split_qkv=True`` (the default), :func:`lit_bar.qkv.split_fused_qkv` replaces every ``c_attn`` by
-:class:`lit_bar.qkv.FusedQKVSplit` — three ``nn.Linear`` named ``q_proj``, ``k_proj``, ``v_proj`` holding the
+``split_qkv=True`` (the default), :func:`lit_bar.io.qkv.split_fused_qkv` replaces every ``c_attn`` by
+:class:`lit_bar.io.qkv.FusedQKVSplit` — three ``nn.Linear`` named ``q_proj``, ``k_proj``, ``v_proj``
+holding the
 same weights, whose concatenated output equals ``c_attn``'s — and LoRA targets ``[q_proj, v_proj]``:
 two pairs per layer, as microsoft/LoRA's ``MergedLinear(enable_lora=[True, False, True])`` does for
 the paper's GPT-2 runs. ``split_qkv=False`` with ``target_modules: [c_attn]`` gives the fused pair.
@@ -30,8 +31,8 @@ from torch import nn
 from torchmetrics.text import SacreBLEUScore
 from typing_extensions import override
 
-from lit_bar.qkv import FusedQKVSplit, split_fused_qkv
-from lit_bar.sharded import gathered
+from lit_bar.algorithms.sharded import gathered
+from lit_bar.io.qkv import FusedQKVSplit, split_fused_qkv
 from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.language_model import load_causal_lm, shifted_lm_loss

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from lit_bar.hub import resolve_pretrained
+from lit_bar.io.hub import resolve_pretrained
 from lit_bar.tasks.base import LoRATask
 from lit_bar.tasks.checkpoint import UNSAVED_HPARAMS, plain_hparams
 from lit_bar.tasks.lora import LoraSettings, apply_lora, as_lora_settings, load_adapter_weights

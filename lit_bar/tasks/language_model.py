@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lit_bar.hub import resolve_pretrained
+from lit_bar.io.hub import resolve_pretrained
 
 __all__ = [
     "decode_continuations",

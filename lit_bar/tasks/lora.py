@@ -11,7 +11,7 @@ types, defaults and ``--help`` texts are peft's own (one source of truth): ``r``
 module decides (``task_type``, ``inference_mode``, ``base_model_name_or_path``, ...). lit_bar adds:
 
 - ``loraplus_lr_ratio``: LoRA+; the task module puts every B factor (the ``y`` of each pair,
-  :func:`lit_bar.pairs.module_pairs`) in its own optimizer group with ``lr × ratio``
+  :func:`lit_bar.algorithms.pairs.module_pairs`) in its own optimizer group with ``lr × ratio``
   (:func:`lora_parameter_groups`, applied by :func:`lit_bar.optim.apply_lr_scales`).
 - ``alpha`` / ``dropout``: lit_bar's earlier names of ``lora_alpha`` / ``lora_dropout``; setting
   one is an error that names peft's key. (Not a silent alias: LightningCLI merges a config over
@@ -27,8 +27,8 @@ from typing import Any
 
 from torch import nn
 
+from lit_bar.algorithms.pairs import module_pairs
 from lit_bar.optim.groups import LR_SCALE
-from lit_bar.pairs import module_pairs
 
 __all__ = [
     "LoraSettings",
@@ -176,7 +176,7 @@ def lora_parameter_groups(
 
     Without ``settings.loraplus_lr_ratio``: one flat list. With it: ``[{"params": rest},
     {"params": B factors, "lr_scale": ratio}]``, the B factors being the ``y`` of every pair of
-    :func:`lit_bar.pairs.module_pairs`; :func:`lit_bar.optim.apply_lr_scales` then multiplies that
+    :func:`lit_bar.algorithms.pairs.module_pairs`; :func:`lit_bar.optim.apply_lr_scales` then multiplies that
     group's learning rate once the optimizer exists (``SAMModule.configure_optimizers`` does).
 
     Raises:
@@ -281,7 +281,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
     from peft import PeftConfig, PeftModel
     from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-    from lit_bar.qkv import saved_scale, split_qkv_modules, unfuse_qkv
+    from lit_bar.io.qkv import saved_scale, split_qkv_modules, unfuse_qkv
 
     folder = Path(directory).expanduser()
     if not (folder / "adapter_config.json").is_file():

@@ -2,7 +2,7 @@
 
 Both are :class:`lit_bar.SAMModule` subclasses: ``rho > 0`` trains with SAM, ``rho = 0`` with the
 base optimizer alone (SGD by default), and nBAR/oBAR come from adding ``BalancednessCallback()``,
-which finds the pair through :meth:`factor_pairs` (``lit_bar.pairs.module_pairs``), so
+which finds the pair through :meth:`factor_pairs` (``lit_bar.algorithms.pairs.module_pairs``), so
 ``configs/method/nbar.yaml`` composes with ``configs/toy/*.yaml`` as it is. The batch is the noise
 (``ToyNoiseDataModule``)::
 
@@ -19,8 +19,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from typing_extensions import override
 
-from lit_bar.pairs import FactorPair, balancedness
-from lit_bar.sam_module import SAMModule
+from lit_bar.algorithms.pairs import FactorPair, balancedness
+from lit_bar.lightning.module import SAMModule
 from lit_bar.toy.problems import fit_loss, imbalanced_factors, rank_one_target
 
 __all__ = ["NOPModule", "OPModule"]
@@ -54,7 +54,7 @@ class _FactorToy(SAMModule):
         self.y = nn.Parameter(y0)
 
     def factor_pairs(self) -> list[FactorPair]:
-        """The scale-invariant pair (x, y): what ``lit_bar.pairs.module_pairs`` (and so
+        """The scale-invariant pair (x, y): what ``lit_bar.algorithms.pairs.module_pairs`` (and so
         ``BalancednessCallback``) uses for this module instead of searching for peft LoRA layers."""
         return [FactorPair("x|y", self.x, self.y)]
 

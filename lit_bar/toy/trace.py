@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lit_bar.pairs import balancedness
+from lit_bar.algorithms.pairs import balancedness
 
 __all__ = ["BalancednessTrace"]
 

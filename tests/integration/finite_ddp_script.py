@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from tiny.sam import TinySAM, make_data, make_net, sgd, trainer
 
+from lit_bar.algorithms.nonfinite import NonFiniteError
 from lit_bar.callbacks import FiniteCheck
-from lit_bar.nonfinite import NonFiniteError
 
 
 class RankRows(TinySAM):

@@ -29,10 +29,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
 from lit_bar import SAMModule
+from lit_bar.algorithms.pairs import balancedness, module_pairs
+from lit_bar.algorithms.sharded import is_sharded, local
+from lit_bar.algorithms.syncs import SyncCounter
 from lit_bar.callbacks import BalancednessCallback
-from lit_bar.pairs import balancedness, module_pairs
-from lit_bar.sharded import is_sharded, local
-from lit_bar.syncs import SyncCounter
 
 GLOBAL_BATCH, ACCUMULATE, STEPS, LENGTH, VOCAB = 8, 2, 3, 12, 50
 RESUMED = "sam_nbar"  # the method whose resumed run the test compares with its straight run

@@ -17,9 +17,9 @@ from test_balancedness_callback import lora_factors, make_lora_net
 from tiny.sam import Rows, TinyPlain, assert_params_close, batches, fit, loader, make_data, max_diff
 from torch import nn
 
-from lit_bar.bar import BAR
+from lit_bar.algorithms.bar import BAR
+from lit_bar.algorithms.pairs import balancedness
 from lit_bar.callbacks.balancedness import BalancednessCallback
-from lit_bar.pairs import balancedness
 
 LR, MU = 0.1, 0.5
 

@@ -23,8 +23,8 @@ from test_balancedness_callback import make_lora_net
 from test_host_syncs import counted_fit
 from tiny.sam import TinyPlain, TinySAM, batches, hand_sam, loader, make_data, make_net, sgd, trainer
 
+from lit_bar.algorithms.nonfinite import NonFiniteError
 from lit_bar.callbacks import BalancednessCallback, FiniteCheck
-from lit_bar.nonfinite import NonFiniteError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

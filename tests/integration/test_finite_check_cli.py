@@ -19,8 +19,8 @@ from test_artifacts import _data, _module, _trainer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny.hf import glue_cli_args, tiny_sst2
 
+from lit_bar.algorithms.nonfinite import NonFiniteError
 from lit_bar.callbacks import AdapterExport
-from lit_bar.nonfinite import NonFiniteError
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def test_fsdp2_mid_epoch_resume_equals_the_straight_run(two_process_runs):
 
 def test_no_host_sync_in_an_fsdp2_training_step(two_process_runs):
     """SAM + nBAR under FSDP2, no logging step: nothing in lit_bar makes the host wait for the device
-    (``lit_bar.syncs.SyncCounter`` over the whole fit, records of the training batches)."""
+    (``lit_bar.algorithms.syncs.SyncCounter`` over the whole fit, records of the training batches)."""
     for rank in two_process_runs[fsdp2_script.RESUMED]:
         assert rank["counted_syncs"] and rank["all_syncs"] > 0  # the counter was on and saw syncs
         assert rank["step_syncs"] == [], rank["step_syncs"]

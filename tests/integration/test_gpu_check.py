@@ -1,6 +1,7 @@
 """``scripts/gpu_check.py --size tiny`` runs on CPU: every row trains, syncs are attributed, none to lit_bar.
 
-On CPU the script counts syncs with ``lit_bar.syncs.SyncCounter`` (no GPU result is claimed: the table
+On CPU the script counts syncs with ``lit_bar.algorithms.syncs.SyncCounter`` (no GPU result is claimed:
+the table
 says "CPU"); the fp16 skip-step check runs on CPU too when asked (``--fp16-skip-check``).
 """
 

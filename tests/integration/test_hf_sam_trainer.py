@@ -349,7 +349,7 @@ def test_two_process_ddp_equals_hand_sam_on_the_global_batch(tmp_path):
 @pytest.mark.parametrize("kwargs", [{}, {"m": 2}, {"perturbation": "functional"}, {"precondition": "adam"}])
 def test_no_sync_charged_to_lit_bar(tmp_path, kwargs):
     """No host sync issued by lit_bar in SAMTrainer's steps (the Trainer's own are reported apart)."""
-    from lit_bar.syncs import SyncCounter
+    from lit_bar.algorithms.syncs import SyncCounter
 
     x, y = make_data(8 * STEPS)
     with SyncCounter() as counter:

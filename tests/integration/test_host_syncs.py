@@ -1,4 +1,5 @@
-"""No host sync charged to lit_bar in a training step (issue 8 §1), counted by ``lit_bar.syncs.SyncCounter``.
+"""No host sync charged to lit_bar in a training step (issue 8 §1), counted by
+``lit_bar.algorithms.syncs.SyncCounter``.
 
 A CPU run never waits for a device, so the counter records the ops that *would* make the host wait on a
 GPU (``.item()``, ``nonzero``, boolean-mask indexing, ...) and charges each to the Python line that
@@ -21,8 +22,8 @@ from test_balancedness_callback import make_lora_net
 from tiny import hf as hf_tiny
 from tiny.sam import TinySAM, adamw, fit, loader, make_data
 
+from lit_bar.algorithms.syncs import SyncCounter
 from lit_bar.callbacks.balancedness import BalancednessCallback
-from lit_bar.syncs import SyncCounter
 from lit_bar.tasks.language_model import mean_target_logprobs
 
 ROOT = Path(__file__).resolve().parents[2]

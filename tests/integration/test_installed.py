@@ -106,7 +106,8 @@ def test_wheel_runs_the_readme_command_offline_from_an_empty_directory(tmp_path:
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert f"LIT_BAR_AT {site / 'lit_bar' / 'cli.py'}" in run.stdout  # the wheel's copy, not the checkout
+    # the wheel's copy, not the checkout
+    assert f"LIT_BAR_AT {site / 'lit_bar' / 'cli' / '__init__.py'}" in run.stdout
     assert "Seed set to 42" in run.stdout + run.stderr  # configs/defaults.yaml's seed: the defaults applied
     assert list(empty.iterdir()) == []
     (run_dir,) = (tmp_path / "tmp").glob("lit-bar-*")

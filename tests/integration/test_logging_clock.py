@@ -1,4 +1,4 @@
-"""One logging clock under Lightning (:func:`lit_bar.steps.is_logging_step`), over accumulation.
+"""One logging clock under Lightning (:func:`lit_bar.lightning.steps.is_logging_step`), over accumulation.
 
 ``SAMModule``'s ``train/*``, ``BalancednessCallback``'s and ``BalancednessMonitor``'s ``bar/*`` and the
 step progress lines all log on the same *optimizer* steps: every ``log_every_n_steps``-th. Before, with
@@ -101,7 +101,7 @@ def test_the_monitor_logs_on_the_same_optimizer_steps_as_train() -> None:
     ],
 )
 def test_the_rule(global_step, step, every, should_stop, logs) -> None:
-    from lit_bar.steps import is_logging_step
+    from lit_bar.lightning.steps import is_logging_step
 
     fake = SimpleNamespace(log_every_n_steps=EVERY, global_step=global_step, should_stop=should_stop)
     assert is_logging_step(fake, step, every) is logs

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit_bar.callbacks.progress import StepProgressBar
 from lit_bar.cli import run_cli
-from lit_bar.lightning_compat import RICH_AVAILABLE
+from lit_bar.lightning.compat import RICH_AVAILABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 

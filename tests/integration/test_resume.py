@@ -32,7 +32,7 @@ from tiny.hf import ROOT, tiny_sst2
 from lit_bar.callbacks import BalancednessCallback
 from lit_bar.cli import main
 from lit_bar.data.glue import GlueDataModule
-from lit_bar.schedules import WarmupLinearDecay
+from lit_bar.lightning.schedules import WarmupLinearDecay
 from lit_bar.tasks.glue import SequenceClassifier
 from lit_bar.tasks.lora import LoraSettings
 

@@ -27,8 +27,8 @@ from tiny.sam import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lit_bar.algorithms.syncs import SyncCounter
 from lit_bar.optim.perturbation import adam_preconditioned
-from lit_bar.syncs import SyncCounter
 
 RHO, CLIP = 0.3, 0.05
 

@@ -25,7 +25,7 @@ from tiny.sam import (
 )
 
 from lit_bar.callbacks.balancedness import BalancednessCallback
-from lit_bar.schedules import WarmupLinearDecay
+from lit_bar.lightning.schedules import WarmupLinearDecay
 
 
 class HookRecorder(Callback):

@@ -20,7 +20,7 @@ from transformers import get_scheduler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny.sam import TinySAM, fit, loader, make_data, make_net, sgd, trainer
 
-from lit_bar.schedules import TransformersSchedule, WarmupLinearDecay
+from lit_bar.lightning.schedules import TransformersSchedule, WarmupLinearDecay
 
 LR = 0.1
 

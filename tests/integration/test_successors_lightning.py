@@ -357,8 +357,9 @@ def test_successors_refuse_sam_and_each_other_and_combine_with_nbar():
 
 @pytest.mark.parametrize("successor", ["flatlora", "bilora"])
 def test_no_host_sync_charged_to_lit_bar_in_successor_steps(successor):
-    """Noise, ascent and projection stay on the device (lit_bar.syncs.SyncCounter; as in test_host_syncs)."""
-    from lit_bar.syncs import SyncCounter
+    """Noise, ascent and projection stay on the device (lit_bar.algorithms.syncs.SyncCounter; as in
+    test_host_syncs)."""
+    from lit_bar.algorithms.syncs import SyncCounter
 
     callback = FlatLoRACallback(rho=0.5) if successor == "flatlora" else BiLoRACallback(rho=0.02)
     module = TinySAM(lora_net(), rho=0.0, optimizer=adamw(), accumulate_grad_batches=K)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_bar.sam_module import SAMModule
+from lit_bar.lightning.module import SAMModule
 
 IN, OUT = 4, 2
 

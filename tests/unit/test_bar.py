@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lit_bar.bar import apply_bar, bar_signs, mu_at
-from lit_bar.pairs import FactorPair
+from lit_bar.algorithms.bar import apply_bar, bar_signs, mu_at
+from lit_bar.algorithms.pairs import FactorPair
 
 DTYPE = torch.float64
 

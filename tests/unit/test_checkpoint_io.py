@@ -1,5 +1,5 @@
 """Unreadable checkpoints stop with one sentence; lit_bar's checkpoints carry a digest and are written
-atomically (``lit_bar.checkpoint_io``).
+atomically (``lit_bar.io.checkpoints``).
 
 Before (issue 19): a missing, empty, truncated or foreign ``--ckpt_path`` ended in a traceback
 (``FileNotFoundError``, ``KeyError: 101`` for a text file, ``PytorchStreamReader failed reading zip
@@ -25,7 +25,7 @@ import pytest
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from lit_bar.checkpoint_io import (
+from lit_bar.io.checkpoints import (
     DIGEST_KEY,
     CheckpointError,
     SafeCheckpointIO,
@@ -175,7 +175,7 @@ def test_lit_bar_stops_before_anything_is_built(tmp_path: Path, good: Path, monk
 
 _KILLED_WRITER = """
 import os, sys, time, torch
-from lit_bar.checkpoint_io import SafeCheckpointIO
+from lit_bar.io.checkpoints import SafeCheckpointIO
 path, ready = sys.argv[1], sys.argv[2]
 real_save = torch.save
 

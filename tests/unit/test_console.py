@@ -36,8 +36,8 @@ def test_the_console_script_is_the_fast_entry_point() -> None:
 
 def test_lazy_package_names_still_resolve() -> None:
     import lit_bar
-    from lit_bar.bar import apply_bar
-    from lit_bar.pairs import FactorPair
+    from lit_bar.algorithms.bar import apply_bar
+    from lit_bar.algorithms.pairs import FactorPair
 
     assert lit_bar.apply_bar is apply_bar and lit_bar.FactorPair is FactorPair
     assert set(lit_bar.__all__) <= set(dir(lit_bar)) | set(lit_bar._LAZY) | {

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny.hf import ROOT, all_texts, sentence_rows, tiny_roberta, write_rows
 
-import lit_bar.hub
+import lit_bar.io.hub
 from lit_bar.cli import main
 from lit_bar.data.glue import GlueDataModule
 from lit_bar.data.prompt import PromptFewShotDataModule
@@ -28,7 +28,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lit_bar.hub, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(lit_bar.io.hub, "hub_reachable", lambda timeout=3.0: False)
 
 
 def test_unknown_column_is_named_with_the_available_ones(folders: tuple[str, str]) -> None:

@@ -20,8 +20,8 @@ from torch import nn
 from torch.autograd.functional import jacobian
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_bar.lightning.module import SAMModule
 from lit_bar.optim import SAM, functional_backward, functional_sam_step
-from lit_bar.sam_module import SAMModule
 
 DTYPE = torch.float64
 N, IN, HIDDEN, OUT = 6, 3, 5, 4

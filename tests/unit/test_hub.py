@@ -1,4 +1,4 @@
-"""``lit_bar.hub``: the hub probe goes through huggingface_hub's HTTP client (proxies apply), and a hub
+"""``lit_bar.io.hub``: the hub probe goes through huggingface_hub's HTTP client (proxies apply), and a hub
 name resolves from the local cache under ``HF_HUB_OFFLINE=1`` or fails with one clear message."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
-from lit_bar.hub import hub_reachable, resolve_pretrained
+from lit_bar.io.hub import hub_reachable, resolve_pretrained
 
 
 class _Proxy:
@@ -123,7 +123,7 @@ def test_unreachable_hub_names_the_cache_when_it_holds_the_model(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr("lit_bar.hub.hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("lit_bar.io.hub.hub_reachable", lambda timeout=3.0: False)
     _cache_snapshot(tmp_path, "tiny-org/tiny-model", {"config.json": "{}"})
     with pytest.raises(ValueError, match="It is in your local cache: set HF_HUB_OFFLINE=1"):
         resolve_pretrained("tiny-org/tiny-model")

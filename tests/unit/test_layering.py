@@ -6,7 +6,7 @@ algorithm and engine layers import only the standard library, torch and typing_e
 (:data:`ALGORITHM_ALLOWED`): no lightning, transformers, torchmetrics, datasets or numpy, and peft
 only inside a function of the modules in :data:`PEFT_INSIDE_FUNCTIONS` (to recognise peft's LoRA
 layers), so importing them loads no framework (checked in a fresh interpreter too). Lightning's
-private attributes appear only in ``lit_bar/lightning_compat.py``.
+private attributes appear only in ``lit_bar/lightning/compat.py``.
 
 =========== =================================================================================
 layer       what lives there
@@ -51,43 +51,35 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "algorithms",
         [
-            "lit_bar.pairs",
-            "lit_bar.bar",
+            "lit_bar.algorithms",
+            "lit_bar.algorithms.*",
             "lit_bar.optim",
             "lit_bar.optim.*",
             "lit_bar.methods",
             "lit_bar.methods.*",
-            "lit_bar.batches",
-            "lit_bar.nonfinite",
-            "lit_bar.syncs",
             "lit_bar.sharpness",
             "lit_bar.sharpness.*",
-            "lit_bar.sharded",
-            "lit_bar.optim.settings",
         ],
     ),
     ("engine", ["lit_bar.engine", "lit_bar.engine.*"]),
     (
         "support",
         [
-            "lit_bar.steps",
-            "lit_bar.resume",
-            "lit_bar.checkpoint_io",
-            "lit_bar.lightning_compat",
-            "lit_bar.schedules",
-            "lit_bar.hub",
-            "lit_bar.quiet",
-            "lit_bar.cli_errors",
-            "lit_bar.qkv",
+            "lit_bar.io",
+            "lit_bar.io.*",
+            "lit_bar.lightning",
+            "lit_bar.lightning.steps",
+            "lit_bar.lightning.resume",
+            "lit_bar.lightning.compat",
+            "lit_bar.lightning.schedules",
+            "lit_bar.cli.quiet",
+            "lit_bar.cli.errors",
         ],
     ),
     (
         "front ends",
         [
-            "lit_bar.sam_module",
-            "lit_bar.sam_front",
-            "lit_bar.sam_resume",
-            "lit_bar.strategies",
+            "lit_bar.lightning.*",
             "lit_bar.callbacks.*",
             "lit_bar.hf",
             "lit_bar.hf.*",
@@ -105,7 +97,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("artifacts", ["lit_bar.export", "lit_bar.callbacks.export"]),
-    ("entry", ["lit_bar", "lit_bar.callbacks", "lit_bar.cli", "lit_bar.console"]),
+    ("entry", ["lit_bar", "lit_bar._moved", "lit_bar.callbacks", "lit_bar.cli", "lit_bar.console"]),
     ("experiments", ["lit_bar.experiments", "lit_bar.experiments.*"]),
 ]
 
@@ -118,7 +110,7 @@ FRAMEWORK_FREE = ("algorithms", "engine")
 ALGORITHM_ALLOWED = frozenset(sys.stdlib_module_names) | {"torch", "typing_extensions"}
 #: The one exception, by module: peft, imported inside the function that recognises peft's LoRA
 #: layers (so importing the module loads no peft, and models without peft never need it).
-PEFT_INSIDE_FUNCTIONS = {"lit_bar.pairs", "lit_bar.methods.flatlora"}
+PEFT_INSIDE_FUNCTIONS = {"lit_bar.algorithms.pairs", "lit_bar.methods.flatlora"}
 
 
 # --------------------------------------------------------------------- the graph
@@ -267,8 +259,8 @@ def test_the_scan_sees_the_package() -> None:
     graph = import_graph()
     assert len(graph) > 40
     assert "lit_bar.optim.perturbation" in graph["lit_bar.optim.sam"]  # a top-level import
-    assert "lit_bar.sam_module" in graph["lit_bar"]  # a function-local (lazy) import
-    assert "lit_bar.pairs" in graph["lit_bar"]  # a lazy map's string
+    assert "lit_bar.lightning.module" in graph["lit_bar"]  # a function-local (lazy) import
+    assert "lit_bar.algorithms.pairs" in graph["lit_bar"]  # a lazy map's string
 
 
 def test_every_module_has_a_layer() -> None:
@@ -276,6 +268,16 @@ def test_every_module_has_a_layer() -> None:
     assert not unplaced, (
         f"modules no entry of LAYERS covers (place them in tests/unit/test_layering.py): {unplaced}"
     )
+
+
+#: What sits at the top of the package beside the layer folders: the facade, the old paths' finder,
+#: the console script (instant ``--version``) and the artifacts module.
+TOP_LEVEL = {"__init__.py", "_moved.py", "console.py", "export.py"}
+
+
+def test_the_top_of_the_package_is_folders() -> None:
+    loose = sorted(path.name for path in PACKAGE.glob("*.py") if path.name not in TOP_LEVEL)
+    assert not loose, f"modules at the top of lit_bar/ (move them to their layer's folder): {loose}"
 
 
 def test_no_import_cycle() -> None:
@@ -301,7 +303,7 @@ def test_importing_the_algorithms_loads_no_framework() -> None:
         for name in import_graph()
         if layer_of(name) is not None and LAYERS[layer_of(name)][0] in FRAMEWORK_FREE
     )
-    assert "lit_bar.engine" in free and "lit_bar.bar" in free
+    assert "lit_bar.engine" in free and "lit_bar.algorithms.bar" in free
     code = (
         "import importlib, sys\n"
         f"for name in {free!r}:\n"
@@ -325,10 +327,10 @@ def test_the_cycle_search_finds_a_circle() -> None:
 @pytest.mark.parametrize(
     ("source", "target", "upward"),
     [
-        ("lit_bar.bar", "lit_bar.sam_module", True),
+        ("lit_bar.algorithms.bar", "lit_bar.lightning.module", True),
         ("lit_bar.tasks.base", "lit_bar.export", True),
         ("lit_bar.export", "lit_bar.tasks.lora", False),
-        ("lit_bar.callbacks.balancedness", "lit_bar.bar", False),
+        ("lit_bar.callbacks.balancedness", "lit_bar.algorithms.bar", False),
         ("lit_bar.callbacks.balancedness", "lit_bar.callbacks.export", True),
     ],
 )
@@ -338,7 +340,7 @@ def test_an_upward_import_is_named(source: str, target: str, upward: bool) -> No
 
 # --------------------------------------------------------------------- Lightning's private attributes
 #: Lightning's private attributes as lit_bar reached them: ``<trainer-ish object>._name`` and the
-#: connectors, loops' and results' internals by name. Only :mod:`lit_bar.lightning_compat` may.
+#: connectors, loops' and results' internals by name. Only :mod:`lit_bar.lightning.compat` may.
 LIGHTNING_PRIVATE = re.compile(
     r"\b(trainer|fit_loop|epoch_loop|loop|loader|fetcher|results|metric|connector)\._[a-z]\w*"
     r"|\.(_logger_connector|_checkpoint_connector|_data_connector|_callback_connector|_accelerator_connector"
@@ -346,14 +348,14 @@ LIGHTNING_PRIVATE = re.compile(
     r"|_active_loop|_should_accumulate)\b"
     r"|[\"']_(results|logger_connector|checkpoint_connector)[\"']"
 )
-COMPAT = "lightning_compat.py"
+COMPAT = "lightning/compat.py"
 
 
 def lightning_private_uses(package: Path = PACKAGE) -> list[str]:
     return [
         f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
         for path in sorted(package.rglob("*.py"))
-        if path.name != COMPAT
+        if path.relative_to(package).as_posix() != COMPAT
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if LIGHTNING_PRIVATE.search(line.split("#", 1)[0])
     ]
@@ -386,7 +388,7 @@ def test_no_module_is_longer_than_the_limit() -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "name"), [("sam_module.py", "SAMModule"), ("engine/core.py", "SAMEngine")]
+    ("module", "name"), [("lightning/module.py", "SAMModule"), ("engine/core.py", "SAMEngine")]
 )
 def test_the_step_classes_stay_small(module: str, name: str) -> None:
     tree = ast.parse((PACKAGE / module).read_text())

@@ -10,7 +10,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from torch import nn
 
-from lit_bar.pairs import FactorPair, balancedness, find_lora_pairs, pairs_from_names
+from lit_bar.algorithms.pairs import FactorPair, balancedness, find_lora_pairs, pairs_from_names
 
 
 class Tiny(nn.Module):
@@ -158,7 +158,7 @@ def test_pairs_from_names_rejects_an_unknown_name_and_lists_close_ones() -> None
 
 def test_pure_torch_layer_imports_without_lightning() -> None:
     code = (
-        "import sys, lit_bar, lit_bar.pairs, lit_bar.bar, lit_bar.optim\n"
+        "import sys, lit_bar, lit_bar.algorithms.pairs, lit_bar.algorithms.bar, lit_bar.optim\n"
         "lit_bar.balancedness\n"
         "lit_bar.optim.SAM\n"
         "assert 'lightning' not in sys.modules, 'lightning was imported'\n"

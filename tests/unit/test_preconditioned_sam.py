@@ -17,8 +17,8 @@ from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_bar.lightning.module import SAMModule
 from lit_bar.optim import SAM
-from lit_bar.sam_module import SAMModule
 
 DTYPE = torch.float64
 N, BATCH, IN, HIDDEN, OUT = 16, 4, 3, 5, 2

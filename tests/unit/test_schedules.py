@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from lit_bar.schedules import STEP_SCHEDULES, TransformersSchedule, WarmupLinearDecay
+from lit_bar.lightning.schedules import STEP_SCHEDULES, TransformersSchedule, WarmupLinearDecay
 
 BASE_LR = 0.1
 TOTAL = 25

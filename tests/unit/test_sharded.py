@@ -1,4 +1,4 @@
-"""lit_bar.sharded on one process (gloo, world size 1): which modules FSDP2 shards, the local-slice
+"""lit_bar.algorithms.sharded on one process (gloo, world size 1): which modules FSDP2 shards, the local-slice
 reductions, and the finiteness checks of empty slices."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import torch.distributed
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 
-from lit_bar.nonfinite import _local_slices, all_finite
+from lit_bar.algorithms.nonfinite import _local_slices, all_finite
+from lit_bar.algorithms.sharded import fully_shard_blocks, is_sharded, local, shard_group
 from lit_bar.optim.perturbation import global_norm
-from lit_bar.sharded import fully_shard_blocks, is_sharded, local, shard_group
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""``lit_bar.syncs``: which ops count as a host sync or a host copy, and who is charged for them."""
+"""``lit_bar.algorithms.syncs``: which ops count as a host sync or a host copy, and who is charged."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lit_bar.syncs import SyncCounter, issuing_site, owner_of
+from lit_bar.algorithms.syncs import SyncCounter, issuing_site, owner_of
 
 x = torch.arange(6.0)
 mask = x > 2
@@ -57,9 +57,9 @@ def test_a_tensor_from_python_data_is_a_host_copy():
 
 
 def test_issuing_site_skips_torch_plumbing_and_names_the_lit_bar_caller():
-    import lit_bar.bar
+    import lit_bar.algorithms.bar
 
-    lit = lit_bar.bar.__file__
+    lit = lit_bar.algorithms.bar.__file__
     frames = [
         ("/env/site-packages/torch/_tensor.py", 10, "__bool__"),
         ("/env/site-packages/transformers/masking_utils.py", 354, "_ignore_mask"),
@@ -69,7 +69,7 @@ def test_issuing_site_skips_torch_plumbing_and_names_the_lit_bar_caller():
     (file, line, function), via = issuing_site(frames)
     assert (file, line, function) == ("/env/site-packages/transformers/masking_utils.py", 354, "_ignore_mask")
     assert owner_of(file) == "transformers"
-    assert via == "lit_bar/bar.py:42"
+    assert via == "lit_bar/algorithms/bar.py:42"
     (file, _, _), via = issuing_site(frames[3:])
     assert owner_of(file) == "lit_bar" and via is None
     assert owner_of("/env/site-packages/lightning_fabric/x.py") == "lightning"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_bar import quiet
-from lit_bar.cli_errors import one_line
+from lit_bar.cli import quiet
+from lit_bar.cli.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER_CONFIGS = sorted([*ROOT.glob("configs/offline/*.yaml"), *ROOT.glob("configs/demo/*.yaml")])

@@ -43,11 +43,11 @@ import torch
 import torch.distributed
 from lightning.pytorch import Callback
 
+from lit_bar.algorithms.sharded import is_sharded
 from lit_bar.experiments.benchmark.models import build_model, make_batches
 from lit_bar.experiments.benchmark.runners import LIGHTNING, Clock, reset_peak_rss, run_lightning, status_kib
 from lit_bar.experiments.environment import quiet_libraries
 from lit_bar.experiments.methods import SUCCESSORS
-from lit_bar.sharded import is_sharded
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "STRATEGIES", "child", "measure", "row_names"]
 

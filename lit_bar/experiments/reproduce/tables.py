@@ -136,11 +136,12 @@ def format_ci(values: list[float], scale: float = 100.0, digits: int | str = 2) 
 
 def bar_strength(lr: float, mu: float, schedule: str, total_steps: int, warmup_ratio: float = 0.06) -> float:
     """BAR's total shrink Σ_t η_t μ_t over a run: η_t from lit_bar's WarmupLinearDecay (the task files'
-    schedule) and μ_t from :func:`lit_bar.bar.mu_at`, summed over the optimizer steps as they run."""
+    schedule) and μ_t from :func:`lit_bar.algorithms.bar.mu_at`, summed over the optimizer steps as they
+    run."""
     import torch
 
-    from lit_bar.bar import mu_at
-    from lit_bar.schedules import WarmupLinearDecay
+    from lit_bar.algorithms.bar import mu_at
+    from lit_bar.lightning.schedules import WarmupLinearDecay
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     schedule_lr = WarmupLinearDecay(optimizer, warmup_ratio=warmup_ratio, total_steps=total_steps)

@@ -18,7 +18,7 @@ import math
 
 import lightning.pytorch as pl
 
-from lit_bar.lightning_compat import has_training_loader, release_training_loader
+from lit_bar.lightning.compat import has_training_loader, release_training_loader
 
 __all__ = ["batches_per_epoch", "is_logging_step", "optimizer_steps", "run_length", "total_optimizer_steps"]
 

@@ -41,20 +41,20 @@ from typing_extensions import override
 
 # Imported for their classes: jsonargparse resolves short class names among imported subclasses.
 import lit_bar.callbacks
+import lit_bar.cli.quiet
 import lit_bar.data
-import lit_bar.quiet
 import lit_bar.tasks
 import lit_bar.toy
 from lit_bar import __version__
 from lit_bar.callbacks.progress import drop_when_bars_are_off
-from lit_bar.checkpoint_io import (
+from lit_bar.cli.errors import LitBarArgumentParser
+from lit_bar.io.checkpoints import (
     SafeCheckpointIO,
     find_last_checkpoint,
     read_checkpoint,
     run_checkpoint_folders,
 )
-from lit_bar.cli_errors import LitBarArgumentParser
-from lit_bar.resume import PreemptionCheckpoint, dead_peer_message
+from lit_bar.lightning.resume import PreemptionCheckpoint, dead_peer_message
 
 __all__ = ["DESCRIPTION", "LitBarCLI", "cli_kwargs", "configs_dir", "main", "resolve_config_path", "run_cli"]
 
@@ -62,7 +62,7 @@ DESCRIPTION = (
     "Sharpness-aware (SAM) and balancedness-aware (nBAR/oBAR) LoRA finetuning with PyTorch Lightning."
 )
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # lit_bar/, above cli/
 
 
 def configs_dir() -> Path:
@@ -258,9 +258,9 @@ def run_cli(args: list[str] | None = None) -> LitBarCLI:
 
     ``--config configs/...`` paths missing from the working directory are read from the shipped
     configs (:func:`resolve_config_path`). Errors propagate (``main`` turns them into one line).
-    Library messages that do not concern the run are filtered by their text (:mod:`lit_bar.quiet`).
+    Library messages that do not concern the run are filtered by their text (:mod:`lit_bar.cli.quiet`).
     """
-    lit_bar.quiet.install()
+    lit_bar.cli.quiet.install()
     if args is None:  # the console script: LightningCLI reads sys.argv itself
         sys.argv[1:] = _with_shipped_configs(sys.argv[1:])
         return LitBarCLI(**cli_kwargs())

@@ -4,7 +4,7 @@
 - ``ModelParallelStrategy`` (FSDP2, ``torch.distributed.fsdp.fully_shard``) with tensor parallel size
   1: yes. The module shards itself in ``configure_model`` (:meth:`lit_bar.SAMModule.configure_model`);
   the SAM step and BAR read the local shards and reduce their norms in one all-reduce
-  (:mod:`lit_bar.sharded`).
+  (:mod:`lit_bar.algorithms.sharded`).
 - :class:`FSDP2Strategy` (``--trainer.strategy fsdp2``): the same, with the data-parallel size set to
   every process of the run and tensor parallel size 1, so no size needs spelling out.
 - ``FSDPStrategy`` (FSDP1) and DeepSpeed: refused, naming the FSDP2 spelling.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_bar.sharded import global_norm_squares, local, shard_group
+from lit_bar.algorithms.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
     "FactorPair",

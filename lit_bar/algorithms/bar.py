@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from lit_bar.pairs import FactorPair, module_pairs
-from lit_bar.sharded import global_norm_squares, local, shard_group
+from lit_bar.algorithms.pairs import FactorPair, module_pairs
+from lit_bar.algorithms.sharded import global_norm_squares, local, shard_group
 
 __all__ = [
     "BAR",
@@ -230,7 +230,8 @@ class BAR:
 
     Args:
         pairs: The pairs (e.g. :func:`lit_bar.find_lora_pairs`), or a module whose pairs
-            :func:`lit_bar.pairs.module_pairs` finds (its ``factor_pairs()``, else its peft LoRA pairs).
+            :func:`lit_bar.algorithms.pairs.module_pairs` finds (its ``factor_pairs()``, else its
+            peft LoRA pairs).
         mode: ``"nbar"`` (Alg. 2: s = +1 if ‖g_x‖ < ‖g_y‖) or ``"obar"`` (Alg. 3: s = +1 if ‖x‖ > ‖y‖).
         mu: μ₀ ≥ 0.
         schedule: ``"constant"``, ``"linear"`` (1 − t/T) or ``"cosine"`` (½(1 + cos πt/T)).

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import LightningModule
 from typing_extensions import override
 
-from lit_bar.batches import batch_size
+from lit_bar.algorithms.batches import batch_size
 
 __all__ = ["EvaluationHooks", "LightningFrontEnd", "step_schedulers"]
 

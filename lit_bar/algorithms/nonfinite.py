@@ -2,7 +2,7 @@
 
 :class:`NonFiniteError` is what training raises when a loss, weight or batch value is NaN/inf (or a
 checkpoint or export would hold one). FSDP2-sharded tensors are judged by their local slices and
-the processes' verdicts combined (:func:`lit_bar.sharded.any_over_shards`). Pure torch.
+the processes' verdicts combined (:func:`lit_bar.algorithms.sharded.any_over_shards`). Pure torch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lit_bar.sharded import any_over_shards, local, shard_group
+from lit_bar.algorithms.sharded import any_over_shards, local, shard_group
 
 __all__ = ["NonFiniteError", "all_finite", "float_tensors", "non_finite_names"]
 

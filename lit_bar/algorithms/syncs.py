@@ -85,7 +85,7 @@ _COPY_OPS = frozenset({_aten._to_copy.default, _aten.copy_.default})
 #: Ops that build a tensor from host data: a host-to-device copy when the step runs on a GPU.
 HOST_COPY_OPS = frozenset({_aten.lift_fresh.default, _aten.lift_fresh_copy.default})
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + "/"  # lit_bar/, above algorithms/
 _THIS_FILE = str(Path(__file__).resolve())
 # Files that only forward a call into aten: a sync "issued" there was issued by their caller.
 _PLUMBING = (

@@ -7,7 +7,7 @@ package off them):
 * :func:`release_training_loader`: ``trainer.estimated_stepping_batches`` builds the training loader
   before a checkpoint's loop state is restored, and the fit loop then never loads the checkpoint's
   loader position into it (Lightning #20550, ``_FitLoop.setup_data`` returns early). Dropping the
-  early loader makes the fit loop build its own after the restore (:mod:`lit_bar.steps`).
+  early loader makes the fit loop build its own after the restore (:mod:`lit_bar.lightning.steps`).
 * :func:`load_dropped_loader_state`: the same trap when a subclass built the loader anyway; load the
   pending position into the loader and restart the fetcher's iterator, as Lightning's resume does
   (:class:`lit_bar.SAMModule`).
@@ -15,7 +15,7 @@ package off them):
   every batch its own (micro-batch) counter picks, so under manual optimization with accumulation a
   value logged at optimizer step 4 is written again at step 6. ``SAMModule`` drops the step-only
   values of earlier batches at the start of each ``training_step``, so the loggers receive each
-  value once, on the logging step (:func:`lit_bar.steps.is_logging_step`) that logged it.
+  value once, on the logging step (:func:`lit_bar.lightning.steps.is_logging_step`) that logged it.
 
 * :data:`RICH_AVAILABLE`: whether Lightning's rich progress bar can be built (Lightning's own check,
   ``_RICH_AVAILABLE``), so :class:`lit_bar.callbacks.StepProgressBar` picks the bar Lightning would.

@@ -18,7 +18,7 @@ this module supplies its loss, the precision plugin's scaling and backward, and 
              this module: gradient clipping) → scaler.step (skips non-finite) → scaler.update
              then LR schedulers with interval "step"
 
-Logging (on the optimizer steps :func:`lit_bar.steps.is_logging_step` names: every
+Logging (on the optimizer steps :func:`lit_bar.lightning.steps.is_logging_step` names: every
 ``log_every_n_steps``-th *optimizer* step, as the BAR callbacks; nothing is computed or copied to the
 host in other steps): ``train/loss`` (also on the progress bar), ``train/grad_norm``
 (‖mean ascent gradient‖ over all micro-batches and processes, unscaled), ``train/descent_grad_norm``
@@ -56,16 +56,16 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils._pytree import tree_flatten
 from typing_extensions import override
 
+from lit_bar.algorithms.sharded import fully_shard_blocks
 from lit_bar.engine import PERTURBATIONS, SAMEngine
-from lit_bar.lightning_compat import drop_earlier_step_values
+from lit_bar.lightning.checkpoint_hooks import ExactResume
+from lit_bar.lightning.compat import drop_earlier_step_values
+from lit_bar.lightning.front import EvaluationHooks, LightningFrontEnd, step_schedulers
+from lit_bar.lightning.steps import is_logging_step, optimizer_steps, run_length
+from lit_bar.lightning.strategies import check_strategy, is_fsdp2
 from lit_bar.optim.groups import apply_lr_scales
 from lit_bar.optim.perturbation import global_norm
 from lit_bar.optim.settings import SAMSettings, check_adam
-from lit_bar.sam_front import EvaluationHooks, LightningFrontEnd, step_schedulers
-from lit_bar.sam_resume import ExactResume
-from lit_bar.sharded import fully_shard_blocks
-from lit_bar.steps import is_logging_step, optimizer_steps, run_length
-from lit_bar.strategies import check_strategy, is_fsdp2
 
 __all__ = ["PERTURBATIONS", "SAMModule"]
 
@@ -171,7 +171,7 @@ class SAMModule(ExactResume, EvaluationHooks, LightningModule):
     @override
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2): shard the network with the strategy's mesh
-        (:func:`lit_bar.sharded.fully_shard_blocks`: each block named in the model's
+        (:func:`lit_bar.algorithms.sharded.fully_shard_blocks`: each block named in the model's
         ``_no_split_modules``, or in :attr:`sharded_blocks`, then each child holding parameters);
         nothing otherwise. A subclass that builds its network here calls ``super().configure_model()``
         after building it: that one line is all it needs for sharded training."""
@@ -222,7 +222,7 @@ class SAMModule(ExactResume, EvaluationHooks, LightningModule):
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
         if getattr(scheduler, "total_steps", 0) is None and hasattr(scheduler, "set_total_steps"):
-            # sized in the unit it steps in (lit_bar.steps reads the length without the #20550 trap)
+            # sized in the unit it steps in (lit_bar.lightning.steps reads the length without the #20550 trap)
             interval = self.lr_scheduler_interval
             scheduler.set_total_steps(run_length(self.trainer, self.accumulate_grad_batches, interval))
         # no "monitor" key: Lightning drops it under manual optimization; _step_schedulers reads
@@ -232,7 +232,8 @@ class SAMModule(ExactResume, EvaluationHooks, LightningModule):
 
     def estimated_optimizer_steps(self) -> int:
         """Total optimizer steps of the run: ⌈batches per epoch / accumulation⌉ × epochs, capped by
-        ``max_steps`` (whichever ends the run first, as the Trainer does); see :mod:`lit_bar.steps`."""
+        ``max_steps`` (whichever ends the run first, as the Trainer does); see
+        :mod:`lit_bar.lightning.steps`."""
         return optimizer_steps(self.trainer, self.accumulate_grad_batches)
 
     @override

@@ -2,14 +2,14 @@
 
 ``LRSchedulerCallable`` factories only receive the optimizer, so a schedule built with
 ``total_steps=None`` is completed by :class:`lit_bar.SAMModule` once the run's length is known
-(``lit_bar.steps.run_length``: optimizer steps, or epochs with ``lr_scheduler_interval="epoch"``),
+(``lit_bar.lightning.steps.run_length``: optimizer steps, or epochs with ``lr_scheduler_interval="epoch"``),
 before the first step and without the loader-state trap of Lightning #20550. The multipliers are
 transformers' own schedule functions (``get_scheduler`` builds them; nothing is re-derived here)::
 
     model:
       init_args:
         lr_scheduler:
-          class_path: lit_bar.schedules.TransformersSchedule
+          class_path: lit_bar.lightning.schedules.TransformersSchedule
           init_args: {name: cosine, warmup: 0.06}      # 6 % of the run, rounded up; or warmup: 100 steps
 """
 

@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lit_bar.lightning_compat import load_dropped_loader_state
-from lit_bar.nonfinite import NonFiniteError, non_finite_names
-from lit_bar.resume import collect_rng_states, gather_per_rank, restore_rng_states
+from lit_bar.algorithms.nonfinite import NonFiniteError, non_finite_names
+from lit_bar.lightning.compat import load_dropped_loader_state
+from lit_bar.lightning.resume import collect_rng_states, gather_per_rank, restore_rng_states
 
 __all__ = ["ExactResume"]
 
@@ -66,7 +66,7 @@ class ExactResume:
 
         Lightning #20550: a training loader built before the checkpoint's restore (by
         ``trainer.estimated_stepping_batches`` in a subclass's ``configure_optimizers``, say) never
-        gets the checkpoint's position; it is loaded here first (``lit_bar.steps`` avoids the trap).
+        gets the checkpoint's position; it is loaded here first (``lit_bar.lightning.steps`` avoids the trap).
         """
         load_dropped_loader_state(self.trainer)
         resumed, self._resumed = self._resumed, {}
