@@ -265,7 +265,3 @@ def run_cli(args: list[str] | None = None) -> LitBarCLI:
         sys.argv[1:] = _with_shipped_configs(sys.argv[1:])
         return LitBarCLI(**cli_kwargs())
     return LitBarCLI(**cli_kwargs(), args=_with_shipped_configs(args))
-
-
-if __name__ == "__main__":
-    main()

@@ -97,7 +97,17 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("artifacts", ["lit_bar.export", "lit_bar.callbacks.export"]),
-    ("entry", ["lit_bar", "lit_bar._moved", "lit_bar.callbacks", "lit_bar.cli", "lit_bar.console"]),
+    (
+        "entry",
+        [
+            "lit_bar",
+            "lit_bar._moved",
+            "lit_bar.callbacks",
+            "lit_bar.cli",
+            "lit_bar.cli.__main__",
+            "lit_bar.console",
+        ],
+    ),
     ("experiments", ["lit_bar.experiments", "lit_bar.experiments.*"]),
 ]
 
