@@ -159,7 +159,11 @@ def _search_section(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict]
     chosen = chosen_hparams(grid, rows)
     dev = {row_key(r): r.get("dev_metrics", {}) for r in ok}
     lines = [
-        f"### Selection on dev (seed {grid.search.seed}; the test split is read only in the final runs)",
+        f"### Selection on dev (seed {grid.search.seed})",
+        "",
+        "Chosen by the dev metric alone. Each candidate run is also tested, so that the chosen one serves as "
+        f"the final run of seed {grid.search.seed}; the other candidates' test metrics stay in `runs.jsonl`, "
+        "unused and not shown here.",
         "",
         "| task | method | candidate | dev metric ×100 |",
         "|---|---|---|---|",
