@@ -201,6 +201,9 @@ def test_partial_grid_is_tabulated_over_its_complete_seeds(fake) -> None:
     kept = [r for r in rows if not (r["seed"] == 2 and r["method"] == "sam" and r["task"] == "a")]
     (settings.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     text = reproduce.write_tables(settings.out, reproduce.GRIDS).read_text()
-    assert "PARTIAL: 11 of 12 runs finished" in text and "[1]; 5 runs of unfinished seeds" in text
+    assert "PARTIAL: 11 of 12 runs finished" in text
+    assert "(a [1], b [1, 2]); 2 runs of unfinished seeds" in text  # per task: b is whole
     row = next(line for line in text.splitlines() if line.startswith("| LoRA-nBAR"))
     assert row.split(" | ")[1] == f"{100 * (0.5 + 0.1 + 0.01):.1f} (n = 1)"  # seed 1 only
+    assert row.split(" | ")[2].startswith(f"{100 * (0.5 + 0.1 + 0.015 + 0.05):.1f} ± ")  # task b: seeds 1, 2
+    assert "Cost so far: 11 runs, " in text and "CPU-hours over the 11 with `cpu_s`." in text

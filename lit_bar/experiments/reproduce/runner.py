@@ -89,9 +89,11 @@ def launch(cell: Cell, settings: Settings, threads: int) -> tuple[subprocess.Pop
 def finish(
     cell: Cell, status: int, usage: os.struct_rusage, log_dir: Path, started: float, grid: str
 ) -> dict:
-    """The runs.jsonl row of a reaped child: its result, wall time and own peak RSS (``ru_maxrss``)."""
+    """The runs.jsonl row of a reaped child: its result, wall time, own CPU time (user + system, what
+    the budget counts: wall time also counts waiting for a loaded machine) and peak RSS (``ru_maxrss``)."""
     returncode = os.waitstatus_to_exitcode(status)
     row = {"grid": grid, **asdict(cell), "wall_s": round(time.time() - started, 1)}
+    row["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
     row["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
     result_file = log_dir / "result.json"
     if returncode != 0 or not result_file.is_file():

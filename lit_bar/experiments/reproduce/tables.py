@@ -103,10 +103,17 @@ def _table(
     return lines
 
 
-def complete_seeds(grid: Grid, ok: list[dict]) -> list[int]:
-    """Seeds for which every (task, method) cell of the grid has an ``ok`` row."""
+def complete_seeds(grid: Grid, ok: list[dict]) -> dict[str, list[int]]:
+    """Per task, the seeds that every method with a run on that task has finished (an ``ok`` row).
+
+    Per task, so that a grid run one task at a time shows each finished task whole; over the methods
+    run there, so that every row of a task's column compares the same seeds (paired)."""
     have = {(r["task"], r["method"], r["seed"]) for r in ok}
-    return [s for s in grid.seeds if all((t.name, m, s) in have for t in grid.tasks for m in grid.methods)]
+    seeds = {}
+    for t in grid.tasks:
+        methods = [m for m in grid.methods if any((t.name, m, s) in have for s in grid.seeds)]
+        seeds[t.name] = [s for s in grid.seeds if methods and all((t.name, m, s) in have for m in methods)]
+    return seeds
 
 
 def _paired(task: Task, row: dict, ok: list[dict], base: str) -> float | None:
@@ -234,10 +241,12 @@ def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
     done = len({(r["task"], r["method"], r["seed"]) for r in ok})
     lines = [f"## {grid.title}", "", *search_lines]
     if done < expected:
-        shown = [r for r in ok if r["seed"] in seeds]
+        shown = [r for r in ok if r["seed"] in seeds.get(r["task"], ())]
+        per_task = ", ".join(f"{task} {values or 'none yet'}" for task, values in seeds.items())
         lines += [
-            f"PARTIAL: {done} of {expected} runs finished. The tables use the seeds with every run finished, "
-            f"{seeds or 'none yet'}; {len(ok) - len(shown)} runs of unfinished seeds are in runs.jsonl only.",
+            f"PARTIAL: {done} of {expected} runs finished. Per task, the tables use the seeds that every "
+            f"method run on it has finished ({per_task}); {len(ok) - len(shown)} runs of unfinished seeds "
+            "are in runs.jsonl only.",
             "",
         ]
         ok = shown or ok
@@ -268,7 +277,20 @@ def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
     lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False, digits=0)
     peak = max(r.get("peak_rss_mb", 0) for r in ok)
     lines += ["", f"Peak memory (largest `ru_maxrss` of a run): {peak:.0f} MB.", ""]
+    lines += _cost_line(grid, rows)
     return lines
+
+
+def _cost_line(grid: Grid, rows: list[dict]) -> list[str]:
+    """What every run of the grid so far cost (search and final runs, failed ones included)."""
+    mine = [r for r in rows if r.get("grid") == grid.name]
+    timed = [r["cpu_s"] for r in mine if "cpu_s" in r]
+    wall = sum(r.get("wall_s", 0) for r in mine if "cpu_s" not in r)
+    text = f"Cost so far: {len(mine)} runs, {sum(timed) / 3600:.2f} CPU-hours over the {len(timed)}"
+    text += " with `cpu_s`"
+    if len(timed) < len(mine):
+        text += f", {wall / 3600:.2f} wall-hours of one core over the {len(mine) - len(timed)} before it"
+    return [text + ".", ""]
 
 
 def _paired_key(row: dict, ok: list[dict], base: str, key: str) -> float | None:
