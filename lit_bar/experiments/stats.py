@@ -2,9 +2,7 @@
 Welch's difference of two means) and the bootstrap interval of a median (benchmark ratios).
 
 No scipy: the t quantile comes from the table for whole degrees of freedom up to 30 and from the
-Cornish-Fisher expansion elsewhere (|error| < 0.004 from df = 3 on). The grid tables of
-``scripts/reproduce.py`` read a printed table instead (:func:`t_quantile_975_or_normal`: the normal
-quantile beyond df = 30), as they always have; they never reach df > 30 with the grids' five seeds.
+Cornish-Fisher expansion elsewhere (|error| < 0.004 from df = 3 on).
 """
 
 from __future__ import annotations
@@ -12,9 +10,8 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable
 
-__all__ = ["bootstrap_median_ci", "mean_ci", "t_quantile_975", "t_quantile_975_or_normal", "welch_ci"]
+__all__ = ["bootstrap_median_ci", "mean_ci", "t_quantile_975", "welch_ci"]
 
 #: The 0.975 quantiles of Student's t for df = 1 .. 30 (any statistics table).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -43,21 +40,12 @@ def t_quantile_975(df: float) -> float:
     return z + sum(term / df ** (k + 1) for k, term in enumerate(terms))
 
 
-def t_quantile_975_or_normal(df: int) -> float:
-    """The 0.975 quantile of Student's t read as from a printed table: the table for ``df`` ≤ 30, the
-    normal 1.960 beyond (within 0.08 of t at df = 31, 0.012 at df = 200)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return T_975[df - 1] if df <= len(T_975) else 1.960
-
-
-def mean_ci(values: list[float], quantile: Callable[[int], float] = t_quantile_975) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t interval (nan half-width for one value); ``quantile``
-    gives t's 0.975 quantile for the degrees of freedom."""
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t interval (nan half-width for one value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, float("nan")
-    return mean, quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def welch_ci(a: list[float], b: list[float]) -> tuple[float, float]:

@@ -13,8 +13,7 @@ import pytest
 from lit_bar.experiments.reproduce import runner as reproduce
 from lit_bar.experiments.reproduce.grids import GRIDS, Grid, Search, Task, chosen_hparams
 from lit_bar.experiments.reproduce.tables import bar_strength, read_rows
-from lit_bar.experiments.stats import mean_ci
-from lit_bar.experiments.stats import t_quantile_975_or_normal as t_quantile_975  # the grid tables' quantile
+from lit_bar.experiments.stats import mean_ci, t_quantile_975
 
 # A fake cell. Its dev metric peaks at lr=0.002, rho=0.1, mu=1.0 with cosine; its test metric peaks
 # elsewhere (lr=0.001, rho=0.01), so a search that read the test split would choose differently.
@@ -135,7 +134,10 @@ def test_bar_strength_is_the_sum_of_the_schedules_products() -> None:
 
 
 def test_t_interval() -> None:
-    assert t_quantile_975(4) == 2.776 and t_quantile_975(1) == 12.706 and t_quantile_975(200) == 1.960
+    assert t_quantile_975(4) == 2.776 and t_quantile_975(1) == 12.706
+    assert t_quantile_975(200) == pytest.approx(1.972, abs=0.001)  # t, not the normal 1.960, past the table
+    with pytest.raises(ValueError, match="degrees of freedom must be >= 1, got 0"):
+        t_quantile_975(0)
     values = [1.0, 2.0, 4.0, 5.0, 3.0]
     mean, half = mean_ci(values)
     assert mean == 3.0 and half == pytest.approx(2.776 * statistics.stdev(values) / math.sqrt(5))

@@ -25,7 +25,7 @@ from lit_bar.experiments.reproduce.grids import (
     row_key,
     search_cells,
 )
-from lit_bar.experiments.stats import mean_ci, t_quantile_975_or_normal
+from lit_bar.experiments.stats import mean_ci
 
 __all__ = [
     "bar_strength",
@@ -133,7 +133,7 @@ def format_ci(values: list[float], scale: float = 100.0, digits: int | str = 2) 
     if not values:
         return "—"
     spec = "+" + (digits if isinstance(digits, str) else f".{digits}f")
-    mean, half = mean_ci(values, t_quantile_975_or_normal)
+    mean, half = mean_ci(values)
     if math.isnan(half):
         return f"{mean * scale:{spec}} (n = 1)"
     low, high = (mean - half) * scale, (mean + half) * scale
@@ -282,14 +282,17 @@ def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
 
 
 def _cost_line(grid: Grid, rows: list[dict]) -> list[str]:
-    """What every run of the grid so far cost (search and final runs, failed ones included)."""
+    """What every run of the grid so far cost (search and final runs, failed ones included): CPU time
+    where the row records it, else its wall time (which also counts waits on a busy machine)."""
     mine = [r for r in rows if r.get("grid") == grid.name]
+    if not mine:
+        return []
     timed = [r["cpu_s"] for r in mine if "cpu_s" in r]
     wall = sum(r.get("wall_s", 0) for r in mine if "cpu_s" not in r)
-    text = f"Cost so far: {len(mine)} runs, {sum(timed) / 3600:.2f} CPU-hours over the {len(timed)}"
-    text += " with `cpu_s`"
+    parts = [f"{sum(timed) / 3600:.2f} CPU-hours over the {len(timed)} that record `cpu_s`"] if timed else []
     if len(timed) < len(mine):
-        text += f", {wall / 3600:.2f} wall-hours of one core over the {len(mine) - len(timed)} before it"
+        parts.append(f"{wall / 3600:.2f} wall-hours of one core over the {len(mine) - len(timed)} without it")
+    text = f"Cost so far: {len(mine)} runs, " + ", ".join(parts)
     return [text + ".", ""]
 
 
