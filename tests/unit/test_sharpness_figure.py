@@ -29,12 +29,14 @@ def test_points_need_both_figures_an_ok_status_and_the_grid():
     ]
     chosen = {("sst2", "sam", (("lr", 0.002), ("rho", 0.05)))}
     points = sharpness_points(GRID, rows, chosen)
-    assert [(p["method"], p["worst"], p["value"], p["chosen"]) for p in points["sst2"]] == [
-        ("lora", 0.05, 0.83, False),
-        ("sam", 0.03, 0.84, True),
+    assert [(p["method"], p["worst"], p["value"]) for p in points["sst2"]] == [("sam", 0.03, 0.84)]
+    assert points["stsb"] == [] and points["cb"] == []  # not chosen: their test metrics stay unshown
+    points = sharpness_points(GRID, rows)  # a grid without a search: every ok row with both figures
+    assert [(p["method"], p["worst"], p["value"]) for p in points["sst2"]] == [
+        ("lora", 0.05, 0.83),
+        ("sam", 0.03, 0.84),
     ]
     assert [(p["worst"], p["metric"]) for p in points["stsb"]] == [(0.6, "test/pearson")]
-    assert points["cb"] == []
 
 
 def test_the_figure_is_written(tmp_path):

@@ -20,11 +20,11 @@ import statistics
 from pathlib import Path
 
 from lit_bar.experiments.environment import ROOT, pyplot
+from lit_bar.experiments.reproduce.grids import METHOD_NAMES
 
 __all__ = ["load_runs", "main", "plot", "plot_from_logs", "read_series"]
 
 METHOD_ORDER = ("lora", "sam", "nbar", "obar", "fsam", "psam")
-LABELS = {"lora": "LoRA", "sam": "LoRA-SAM", "nbar": "LoRA-nBAR", "obar": "LoRA-oBAR"}
 KEY = "bar/abs_balancedness"
 
 
@@ -72,14 +72,14 @@ def plot(runs: dict, task: str, png: Path) -> None:
         steps = sorted(set.intersection(*(set(s[KEY]) for s in seeds)))
         values = [[s[KEY][t] for s in seeds] for t in steps]
         x = [t + 1 for t in steps]  # logged before optimizer step t+1
-        label = f"{LABELS.get(method, method)} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        label = f"{METHOD_NAMES.get(method, method)} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
         (line,) = left.plot(x, [statistics.fmean(v) for v in values], marker=".", label=label)
         left.fill_between(
             x, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2
         )
         ratios = [statistics.fmean(_ratio(s.get(k, {})) for s in seeds if s.get(k)) for k in pair_keys]
         positions = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(pair_keys))]
-        right.bar(positions, ratios, width, label=LABELS.get(method, method), color=line.get_color())
+        right.bar(positions, ratios, width, label=METHOD_NAMES.get(method, method), color=line.get_color())
     left.set(xlabel="optimizer step", ylabel="mean |balancedness| over LoRA pairs", title=f"{task}: |B_t|")
     left.legend()
     right.axhline(0.0, color="grey", lw=0.8)
