@@ -70,7 +70,6 @@ def plot_sharpness(out: Path, grid: Grid, png: Path | None = None) -> Path:
             f"{WORST} and its test metric yet"
         )
     plt = pyplot("reproduce.py: error: the sharpness figure")
-    from matplotlib import ticker  # matplotlib is there once pyplot() returned
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
     drawn = {p["method"] for t in tasks for p in points[t]}
@@ -89,8 +88,8 @@ def plot_sharpness(out: Path, grid: Grid, png: Path | None = None) -> Path:
                 )
         ax.set(xlabel="worst-case sharpness (ρ = 0.05, 3 ascent steps)", ylabel=points[task][0]["metric"])
         ax.set_title(task)
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(5))  # short labels, no offset text on the label
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.3g}"))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))  # short labels, no offset text on the label
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:.3g}"))
         ax.legend(fontsize=7)
     fig.tight_layout()
     target = png or out / FIGURE
