@@ -70,7 +70,6 @@ def plot_sharpness(out: Path, grid: Grid, png: Path | None = None) -> Path:
             f"{WORST} and its test metric yet"
         )
     plt = pyplot("reproduce.py: error: the sharpness figure")
-
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
     drawn = {p["method"] for t in tasks for p in points[t]}
     methods = [m for m in grid.methods if m in drawn]
