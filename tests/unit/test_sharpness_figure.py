@@ -44,3 +44,11 @@ def test_the_figure_is_written(tmp_path):
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = plot_sharpness(tmp_path, GRID)
     assert path == tmp_path / "sharpness_vs_test.png" and path.stat().st_size > 1000
+
+
+def test_the_axis_names_the_grids_measurement(monkeypatch):
+    from lit_bar.experiments.reproduce import sharpness_figure
+
+    assert sharpness_figure.worst_label() == "worst-case sharpness (ρ = 0.05, 3 ascent steps)"
+    monkeypatch.setitem(sharpness_figure.SHARPNESS_MONITOR, "init_args", {"rho": 0.1, "ascent_steps": 1})
+    assert sharpness_figure.worst_label() == "worst-case sharpness (ρ = 0.1, 1 ascent step)"

@@ -3,7 +3,8 @@ by method, one panel per task (issue "Does BAR do what the paper says?").
 
     python scripts/reproduce.py --plot-sharpness --out docs/results/offline-tuned
 
-One point per final run: each ``ok`` row of ``OUT/runs.jsonl`` at the hyperparameters selected on dev
+One point per final run (one legend below the panels; a panel's title counts its runs per method,
+in the legend's order): each ``ok`` row of ``OUT/runs.jsonl`` at the hyperparameters selected on dev
 that has both figures, ``sharpness/worst`` (from ``SharpnessMonitor`` in ``lit-bar test``) and the
 task's test metric. The search's other candidates are tested too (so that the chosen one is the final
 run of the search's seed), but their test metrics are not shown, here as in the tables: the protocol
@@ -18,13 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from lit_bar.experiments.environment import pyplot
+from lit_bar.experiments.reproduce.cells import SHARPNESS_MONITOR
 from lit_bar.experiments.reproduce.grids import METHOD_NAMES, Grid, chosen_hparams
 from lit_bar.experiments.reproduce.tables import read_rows
+from lit_bar.sharpness import DEFAULT_RHO
 
 __all__ = ["FIGURE", "plot_sharpness", "sharpness_points"]
 
 FIGURE = "sharpness_vs_test.png"
 WORST = "sharpness/worst"
+
+
+def worst_label() -> str:
+    """The x axis: the grids' worst-case measurement, read from their ``SharpnessMonitor`` settings."""
+    settings = SHARPNESS_MONITOR["init_args"]
+    rho, steps = settings.get("rho", DEFAULT_RHO), settings.get("ascent_steps", 1)
+    return f"worst-case sharpness (ρ = {rho}, {steps} ascent step{'s' * (steps > 1)})"
 
 
 def sharpness_points(
@@ -70,27 +80,25 @@ def plot_sharpness(out: Path, grid: Grid, png: Path | None = None) -> Path:
             f"{WORST} and its test metric yet"
         )
     plt = pyplot("reproduce.py: error: the sharpness figure")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.4), squeeze=False)
     drawn = {p["method"] for t in tasks for p in points[t]}
     methods = [m for m in grid.methods if m in drawn]
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, task in zip(axes[0], tasks, strict=True):
+        counts = []
         for method in methods:
             mine = [p for p in points[task] if p["method"] == method]
-            if mine:
-                ax.scatter(
-                    [p["worst"] for p in mine],
-                    [p["value"] for p in mine],
-                    label=f"{METHOD_NAMES.get(method, method)} ({len(mine)})",
-                    color=colours[method],
-                    s=36,
-                )
-        ax.set(xlabel="worst-case sharpness (ρ = 0.05, 3 ascent steps)", ylabel=points[task][0]["metric"])
-        ax.set_title(task)
+            counts.append(len(mine))
+            ax.scatter([p["worst"] for p in mine], [p["value"] for p in mine], color=colours[method], s=36)
+        ax.set(xlabel=worst_label(), ylabel=points[task][0]["metric"])
+        per_method = str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+        ax.set_title(f"{task} (runs per method: {per_method})")
         ax.xaxis.set_major_locator(plt.MaxNLocator(5))  # short labels, no offset text on the label
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:.3g}"))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # One legend for all panels, below them: inside a panel it can hide a point.
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[m]) for m in methods]
+    fig.legend(handles, [METHOD_NAMES.get(m, m) for m in methods], loc="lower center", ncol=len(methods))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     target = png or out / FIGURE
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=120)
