@@ -207,9 +207,13 @@ def test_partial_grid_is_tabulated_over_its_complete_seeds(fake) -> None:
     assert row.split(" | ")[1] == f"{100 * (0.5 + 0.1 + 0.01):.1f} (n = 1)"  # seed 1 only
     assert row.split(" | ")[2].startswith(f"{100 * (0.5 + 0.1 + 0.015 + 0.05):.1f} ± ")  # task b: seeds 1, 2
     assert "Cost so far: 11 runs, " in text and "CPU-hours over the 11 that record `cpu_s`." in text
+    cpu_table = text.split("CPU time per run, s")[1].split("\n\n")[1].splitlines()
+    lora_b = [r["cpu_s"] for r in kept if (r["method"], r["task"]) == ("lora", "b")]
+    assert cpu_table[2].split(" | ")[2].startswith(f"{statistics.fmean(lora_b):.0f} ± ")
     for row in kept:  # rows of a release before `cpu_s`: their wall time, said as such
         row.pop("cpu_s")
     (settings.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     text = reproduce.write_tables(settings.out, reproduce.GRIDS).read_text()
     wall = sum(r["wall_s"] for r in kept) / 3600
     assert f"Cost so far: 11 runs, {wall:.2f} wall-hours of one core over the 11 without it." in text
+    assert "CPU time per run" not in text  # no table of blanks

@@ -275,6 +275,10 @@ def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
     lines += _table(grid, ok, lambda task, r, ok: r.get("abs_balancedness"), 1.0, average=False, digits=3)
     lines += ["", "Wall time per run, s (fit then test, in one child process per run):", ""]
     lines += _table(grid, ok, lambda task, r, ok: r.get("wall_s"), 1.0, average=False, digits=0)
+    if any("cpu_s" in r for r in ok):  # what a method costs: wall time also counts waits on a busy machine
+        what = "user + system of the run's process tree; rows that record it"
+        lines += ["", f"CPU time per run, s (`cpu_s`: {what}):", ""]
+        lines += _table(grid, ok, lambda task, r, ok: r.get("cpu_s"), 1.0, average=False, digits=0)
     peak = max(r.get("peak_rss_mb", 0) for r in ok)
     lines += ["", f"Peak memory (largest `ru_maxrss` of a run): {peak:.0f} MB.", ""]
     lines += _cost_line(grid, rows)
