@@ -203,6 +203,7 @@ def test_partial_grid_is_tabulated_over_its_complete_seeds(fake) -> None:
     text = reproduce.write_tables(settings.out, reproduce.GRIDS).read_text()
     assert "PARTIAL: 11 of 12 runs finished" in text
     assert "(a [1], b [1, 2]); 2 runs of unfinished seeds" in text  # per task: b is whole
+    assert "of unfinished seeds are in runs.jsonl only." in text
     row = next(line for line in text.splitlines() if line.startswith("| LoRA-nBAR"))
     assert row.split(" | ")[1] == f"{100 * (0.5 + 0.1 + 0.01):.1f} (n = 1)"  # seed 1 only
     assert row.split(" | ")[2].startswith(f"{100 * (0.5 + 0.1 + 0.015 + 0.05):.1f} ± ")  # task b: seeds 1, 2

@@ -243,10 +243,11 @@ def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
     if done < expected:
         shown = [r for r in ok if r["seed"] in seeds.get(r["task"], ())]
         per_task = ", ".join(f"{task} {values or 'none yet'}" for task, values in seeds.items())
+        left = len(ok) - len(shown)
         lines += [
             f"PARTIAL: {done} of {expected} runs finished. Per task, the tables use the seeds that every "
-            f"method run on it has finished ({per_task}); {len(ok) - len(shown)} runs of unfinished seeds "
-            "are in runs.jsonl only.",
+            f"method run on it has finished ({per_task}); {left} run{'s' * (left != 1)} of unfinished seeds "
+            f"{'is' if left == 1 else 'are'} in runs.jsonl only.",
             "",
         ]
         ok = shown or ok
