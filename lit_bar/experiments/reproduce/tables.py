@@ -218,7 +218,7 @@ SHARPNESS = (
 
 
 def tables_markdown(grid: Grid, rows: list[dict]) -> list[str]:
-    """The section of one grid: metric table, final |balancedness|, wall time and peak memory.
+    """The section of one grid: metric table, final |balancedness|, wall and CPU time, peak memory.
 
     A partial grid is tabulated over its complete seeds only (every method then has the same seeds,
     so rows compare); the runs of unfinished seeds are counted, and stay in ``runs.jsonl``. A grid with
